@@ -1,0 +1,9 @@
+//! Skiff's one data model: VM specs as read from TOML/JSON spec files, API bodies and CLI
+//! flags. The VMM, the daemon and the CLI all use these types, so a field means the same
+//! thing everywhere.
+
+mod size;
+mod spec;
+
+pub use size::{ByteSize, SizeError};
+pub use spec::{MemorySpec, SpecError, VmSpec, DEFAULT_SHARES};

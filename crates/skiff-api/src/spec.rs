@@ -1,0 +1,261 @@
+//! The VM spec: what a VM is made of. Read from TOML or JSON; later issues extend it with
+//! disks, NICs, balloon and vsock.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ByteSize;
+
+/// Default CPU and memory shares, as in ESX: a VM with no explicit shares gets this many.
+pub const DEFAULT_SHARES: u64 = 1000;
+
+/// The most vCPUs a spec may ask for before the host is even asked (KVM's own limit applies
+/// on top of this).
+const MAX_SPEC_VCPUS: u32 = 1024;
+/// The smallest guest that can hold a kernel, its page tables and an initramfs.
+const MIN_MEMORY: ByteSize = ByteSize::from_mib(16);
+const PAGE_SIZE: u64 = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// A name for the VM: letters, digits, `-`, `_` and `.`, not starting with `.`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    pub memory: MemorySpec,
+    /// A bzImage or a vmlinux ELF with a PVH entry note.
+    pub kernel: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmdline: String,
+}
+
+/// Guest memory. `size` is what the guest sees (ESX's max); `min` is what is always reserved
+/// for it; `shares` weighs it against other VMs when memory is short.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemorySpec {
+    pub size: ByteSize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<u64>,
+}
+
+impl MemorySpec {
+    pub fn of_size(size: ByteSize) -> Self {
+        MemorySpec {
+            size,
+            min: None,
+            shares: None,
+        }
+    }
+}
+
+/// `memory = "512M"` and `[memory] size = "512M"` both mean the same.
+impl<'de> Deserialize<'de> for MemorySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            size: ByteSize,
+            #[serde(default)]
+            min: Option<ByteSize>,
+            #[serde(default)]
+            shares: Option<u64>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Size(ByteSize),
+            Table(Table),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::Size(size)) => Ok(MemorySpec::of_size(size)),
+            Ok(Either::Table(t)) => Ok(MemorySpec {
+                size: t.size,
+                min: t.min,
+                shares: t.shares,
+            }),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a size such as \"512M\" or a table { size, min, shares } with a valid, non-negative size",
+            )),
+        }
+    }
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+
+/// A spec that cannot run, with the field at fault first.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("cannot parse spec: {0}")]
+    Parse(String),
+}
+
+impl SpecError {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        SpecError::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The field at fault, when there is one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            SpecError::Invalid { field, .. } => Some(field),
+            SpecError::Parse(_) => None,
+        }
+    }
+}
+
+impl VmSpec {
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: VmSpec = toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, SpecError> {
+        let spec: VmSpec =
+            serde_json::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks everything that can be checked without the host: ranges, names, consistency.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+        }
+        if self.vcpus == 0 {
+            return Err(SpecError::invalid("vcpus", "must be at least 1"));
+        }
+        if self.vcpus > MAX_SPEC_VCPUS {
+            return Err(SpecError::invalid(
+                "vcpus",
+                format!("{} is more than {MAX_SPEC_VCPUS}", self.vcpus),
+            ));
+        }
+        let size = self.memory.size;
+        if size < MIN_MEMORY {
+            return Err(SpecError::invalid(
+                "memory.size",
+                format!("{size} is less than the minimum of {MIN_MEMORY}"),
+            ));
+        }
+        if size.bytes() % PAGE_SIZE != 0 {
+            return Err(SpecError::invalid(
+                "memory.size",
+                format!("{size} is not a multiple of 4 KiB"),
+            ));
+        }
+        if let Some(min) = self.memory.min {
+            if min > size {
+                return Err(SpecError::invalid(
+                    "memory.min",
+                    format!("{min} is more than memory.size {size}"),
+                ));
+            }
+        }
+        if self.memory.shares == Some(0) {
+            return Err(SpecError::invalid("memory.shares", "must be at least 1"));
+        }
+        if self.kernel.as_os_str().is_empty() {
+            return Err(SpecError::invalid("kernel", "must name a kernel image"));
+        }
+        if self.cmdline.contains('\0') {
+            return Err(SpecError::invalid("cmdline", "must not contain NUL"));
+        }
+        Ok(())
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 64 {
+        return Err(SpecError::invalid("name", "must be 1 to 64 characters"));
+    }
+    if name.starts_with('.') || !name.chars().all(ok_char) {
+        return Err(SpecError::invalid(
+            "name",
+            format!("`{name}` may only hold letters, digits, '-', '_' and '.', and not start with '.'"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        kernel = "/boot/vmlinuz"
+        memory = "256M"
+    "#;
+
+    #[test]
+    fn minimal_toml_gets_defaults() {
+        let spec = VmSpec::from_toml(MINIMAL).expect("valid spec");
+        assert_eq!(spec.vcpus, 1);
+        assert_eq!(spec.memory, MemorySpec::of_size(ByteSize::from_mib(256)));
+        assert_eq!(spec.initrd, None);
+    }
+
+    #[test]
+    fn memory_table_form() {
+        let spec = VmSpec::from_toml(
+            r#"
+            name = "web-1"
+            vcpus = 2
+            kernel = "/k"
+            [memory]
+            size = "1G"
+            min = "128M"
+            shares = 2000
+        "#,
+        )
+        .expect("valid spec");
+        assert_eq!(spec.memory.size, ByteSize::from_mib(1024));
+        assert_eq!(spec.memory.min, Some(ByteSize::from_mib(128)));
+        assert_eq!(spec.memory.shares, Some(2000));
+    }
+
+    #[test]
+    fn json_and_toml_agree() {
+        let json = VmSpec::from_json(r#"{"kernel": "/boot/vmlinuz", "memory": 256}"#)
+            .expect("valid json");
+        assert_eq!(json, VmSpec::from_toml(MINIMAL).expect("valid toml"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"kernel":"/k","memory":"256M","vcpus":0}"#, Some("vcpus")),
+            (r#"{"kernel":"/k","memory":"1M"}"#, Some("memory.size")),
+            (r#"{"kernel":"/k","memory":{"size":"256M","min":"1G"}}"#, Some("memory.min")),
+            (r#"{"kernel":"/k","memory":"256M","name":"../etc"}"#, Some("name")),
+            (r#"{"kernel":"","memory":"256M"}"#, Some("kernel")),
+        ];
+        for (json, field) in cases {
+            let err = VmSpec::from_json(json).expect_err(json);
+            assert_eq!(err.field(), field, "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_negative_memory_are_parse_errors() {
+        let unknown = VmSpec::from_json(r#"{"kernel":"/k","memory":"256M","colour":"red"}"#);
+        assert!(matches!(unknown, Err(SpecError::Parse(m)) if m.contains("colour")));
+        let negative = VmSpec::from_json(r#"{"kernel":"/k","memory":-5}"#);
+        assert!(matches!(negative, Err(SpecError::Parse(_))));
+    }
+}
