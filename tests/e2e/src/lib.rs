@@ -1,0 +1,1 @@
+//! Skiff e2e harness.

@@ -1,0 +1,181 @@
+//! `cargo xtask e2e [FILTER]`: builds the e2e test executable and Skiff's release
+//! binaries, then runs the tests inside the emulated host (or directly on a machine
+//! with hardware virtualization). The environment variables set here are the contract
+//! with the tests (docs/testing.md).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::assets::{self, Assets};
+use crate::host::{self, layout, BootOptions, Payload, Stream};
+use crate::mode::Mode;
+use crate::{apt, cmd, paths, ModeOpt};
+
+/// Packages whose binaries are not Skiff's own programs.
+const NOT_SKIFF: &[&str] = &["xtask", "skiff-e2e", "skiff-guest-tool"];
+/// The test target of the skiff-e2e crate.
+const TEST_TARGET: &str = "e2e";
+/// The test executable's name inside the emulated host.
+const TEST_EXE: &str = "skiff-e2e-tests";
+
+#[derive(clap::Args)]
+pub struct E2eArgs {
+    /// Run only tests whose name contains FILTER (libtest's filter).
+    pub filter: Option<String>,
+    #[command(flatten)]
+    pub mode: ModeOpt,
+    /// Memory of the emulated host.
+    #[arg(long, default_value = "8G")]
+    pub memory: String,
+    /// Give up (and kill the emulated host) after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    /// More arguments for the test executable (libtest's, e.g. --nocapture).
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+pub fn main(args: E2eArgs) -> Result<ExitCode> {
+    apt::ensure_installed(apt::HOST_PACKAGES)?;
+    Ok(crate::exit_code(run(&args)?))
+}
+
+/// Builds and runs the e2e suite; returns the test executable's exit status.
+pub fn run(args: &E2eArgs) -> Result<i32> {
+    let mode = args.mode.mode.resolve()?;
+    let assets = assets::prepare()?;
+    let binaries = skiff_binaries(true)?;
+    let tests = build_tests()?;
+    let mut test_args: Vec<String> = args.filter.iter().cloned().collect();
+    test_args.extend(args.test_args.iter().cloned());
+    match mode {
+        Mode::Direct => run_direct(&assets, &binaries, &tests, &test_args),
+        Mode::Emulated => {
+            let mut payload = Payload::default();
+            payload.add_release_binaries(&binaries)?;
+            let exe = format!("{}/{TEST_EXE}", layout::BIN_DIR);
+            payload.add_binary(&exe, &tests)?;
+            for (key, value) in emulated_env() {
+                payload.env(key, &value);
+            }
+            payload.command = Some(std::iter::once(exe).chain(test_args).collect());
+            let options = BootOptions {
+                memory: args.memory.clone(),
+                timeout: Some(Duration::from_secs(args.timeout)),
+                stream: Stream::EndWithTestSummary,
+            };
+            host::boot(&assets, &payload, &options)
+        }
+    }
+}
+
+/// The test contract's variables inside the emulated host.
+pub fn emulated_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("SKIFF_BIN", format!("{}/skiff", layout::BIN_DIR)),
+        ("SKIFF_KERNEL", layout::KERNEL.into()),
+        ("SKIFF_VMLINUX", layout::VMLINUX.into()),
+        ("SKIFF_INITRD", layout::INITRD.into()),
+        ("SKIFF_QEMU", layout::QEMU.into()),
+        ("SKIFF_QEMU_DATADIR", layout::QEMU_DATADIR.into()),
+        ("SKIFF_MKE2FS", layout::MKE2FS.into()),
+        ("SKIFF_E2E_TMP", layout::TMP.into()),
+    ]
+}
+
+/// The test contract's variables on this machine (direct mode).
+pub fn direct_env(assets: &Assets) -> Result<Vec<(&'static str, String)>> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let tmp = paths::target_dir().join("e2e-tmp");
+    paths::create_dir(&tmp)?;
+    Ok(vec![
+        ("SKIFF_BIN", path(&paths::target_dir().join("release/skiff"))),
+        ("SKIFF_KERNEL", path(&assets.kernel.bzimage)),
+        ("SKIFF_VMLINUX", path(&assets.kernel.vmlinux)),
+        ("SKIFF_INITRD", path(&assets.initrd)),
+        ("SKIFF_QEMU", path(&cmd::require("qemu-system-x86_64", "qemu-system-x86")?)),
+        ("SKIFF_QEMU_DATADIR", "/usr/share/qemu".into()),
+        ("SKIFF_MKE2FS", path(&cmd::require("mke2fs", "e2fsprogs")?)),
+        ("SKIFF_E2E_TMP", path(&tmp)),
+    ])
+}
+
+fn run_direct(assets: &Assets, binaries: &[PathBuf], tests: &Path, test_args: &[String]) -> Result<i32> {
+    let _ = binaries;
+    let status = Command::new(tests)
+        .args(test_args)
+        .envs(direct_env(assets)?)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", tests.display()))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(paths::workspace());
+    command
+}
+
+/// Skiff's binary programs (release build), built first when `build` is set. Programs
+/// of packages that do not exist yet are simply absent.
+pub fn skiff_binaries(build: bool) -> Result<Vec<PathBuf>> {
+    let metadata = cmd::output(cargo().args(["metadata", "--no-deps", "--format-version", "1"]))?;
+    let metadata: serde_json::Value = serde_json::from_str(&metadata).context("cargo metadata")?;
+    let mut packages = Vec::new();
+    let mut names = Vec::new();
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let Some(name) = package["name"].as_str() else { continue };
+        if NOT_SKIFF.contains(&name) {
+            continue;
+        }
+        let bins: Vec<&str> = package["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        if !bins.is_empty() {
+            packages.push(name.to_owned());
+            names.extend(bins.into_iter().map(str::to_owned));
+        }
+    }
+    if build && !packages.is_empty() {
+        let mut command = cargo();
+        command.args(["build", "--release"]);
+        for package in &packages {
+            command.args(["-p", package]);
+        }
+        cmd::run(&mut command).context("cannot build Skiff's release binaries")?;
+    }
+    let release = paths::target_dir().join("release");
+    Ok(names
+        .iter()
+        .map(|n| release.join(n))
+        .filter(|p| p.exists())
+        .collect())
+}
+
+/// Builds the e2e test executable (release) and returns its path.
+pub fn build_tests() -> Result<PathBuf> {
+    let out = cmd::output(
+        cargo()
+            .args(["test", "-p", "skiff-e2e", "--no-run", "--release", "--message-format=json"])
+            .stderr(Stdio::inherit()),
+    )
+    .context("cannot build the e2e tests")?;
+    for line in out.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let is_test = message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == TEST_TARGET
+            && message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(exe)) = (is_test, message["executable"].as_str()) {
+            return Ok(PathBuf::from(exe));
+        }
+    }
+    bail!("cargo built no `{TEST_TARGET}` test executable for skiff-e2e")
+}

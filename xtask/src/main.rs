@@ -1,0 +1,92 @@
+//! Developer tasks for Skiff: `cargo xtask <command>`.
+//!
+//! - `assets`: fetch Debian's kernel and busybox, build the guest initramfs.
+//! - `host`: boot the emulated AMD-V host (QEMU/TCG) and run a command in it.
+//! - `e2e`: build and run the end-to-end tests (emulated host or directly).
+//! - `test`: unit tests of the whole workspace, then the e2e suite.
+//! - `demo`: boot real Linux guests and show their console.
+
+mod apt;
+mod assets;
+mod cmd;
+mod cpio;
+mod demo;
+mod e2e;
+mod guest;
+mod host;
+mod initramfs;
+mod kernel;
+mod ldd;
+mod mode;
+mod modules;
+mod paths;
+mod process;
+mod test;
+mod vmlinux;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::mode::ModeArg;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Skiff developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the guest kernel and busybox, build the guest initramfs (cached).
+    Assets,
+    /// Boot the emulated AMD-V host and run CMD in it (default: an interactive shell).
+    Host(host::HostArgs),
+    /// Build the e2e tests and run them (in the emulated host, or directly).
+    E2e(e2e::E2eArgs),
+    /// Install what is missing, run the workspace's unit tests, then the e2e suite.
+    Test(test::TestArgs),
+    /// Boot real Linux guests and show their console.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Assets => {
+            let assets = assets::prepare()?;
+            assets.print_summary();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Host(args) => host::main(args),
+        Command::E2e(args) => e2e::main(args),
+        Command::Test(args) => test::main(args),
+        Command::Demo(args) => demo::main(args),
+    }
+}
+
+/// Turns a child's exit status (0-255) into our own exit code.
+pub fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
+}
+
+/// `--mode` is shared by `e2e`, `test` and `demo`.
+#[derive(clap::Args, Clone, Copy)]
+pub struct ModeOpt {
+    /// Where guests run: in the emulated AMD-V host, directly on this machine's KVM,
+    /// or auto (direct when /dev/kvm has real hardware virtualization).
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+}

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Init of the emulated AMD-V host (built by `cargo xtask host`; see docs/testing.md).
+# Loads KVM and friends, then runs /etc/skiff/run (if present) and prints
+# "$SKIFF_HOST_MARKER status=N" for xtask to pick up, or else an interactive shell.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mkdir -p /dev/pts /dev/shm /sys/fs/cgroup
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+while read -r module; do
+    insmod "/lib/modules/$module" || echo "skiff-host: cannot load $module" >&2
+done </etc/skiff/modules
+ip link set lo up
+[ -r /etc/skiff/env ] && . /etc/skiff/env
+cd /root
+
+if [ -x /etc/skiff/run ]; then
+    /etc/skiff/run
+    status=$?
+    stty -F /dev/console -a >/dev/null 2>&1
+    echo "$SKIFF_HOST_MARKER status=$status"
+else
+    setsid cttyhack sh
+fi
+stty -F /dev/console -a >/dev/null 2>&1
+poweroff -f

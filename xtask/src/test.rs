@@ -1,0 +1,42 @@
+//! `cargo xtask test`: what CI runs. Installs missing Debian packages, runs the unit
+//! tests of the whole workspace, then the e2e suite; the output ends with the e2e
+//! runner's summary line, and the exit status is non-zero if anything failed.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+
+use crate::e2e::{self, E2eArgs};
+use crate::{apt, paths, ModeOpt};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Only e2e tests whose name contains FILTER.
+    pub filter: Option<String>,
+    #[command(flatten)]
+    pub mode: ModeOpt,
+}
+
+pub fn main(args: TestArgs) -> Result<ExitCode> {
+    apt::ensure_installed(apt::HOST_PACKAGES)?;
+    let unit = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--workspace", "--exclude", "skiff-e2e"])
+        .current_dir(paths::workspace())
+        .status()
+        .context("cannot run cargo test")?;
+    if !unit.success() {
+        eprintln!("error: unit tests failed ({unit}); running the e2e suite anyway");
+    }
+    let e2e_status = e2e::run(&E2eArgs {
+        filter: args.filter,
+        mode: args.mode,
+        memory: "8G".into(),
+        timeout: 1800,
+        test_args: Vec::new(),
+    })?;
+    Ok(if unit.success() && e2e_status == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
