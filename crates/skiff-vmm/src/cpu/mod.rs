@@ -1,0 +1,171 @@
+//! vCPUs: their boot configuration and the run loop that turns KVM exits into device I/O.
+
+pub mod cpuid;
+pub mod msrs;
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_fpu, CpuId};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::boot::entry::{self, EntryPoint};
+use crate::devices::IoBus;
+use crate::exit::{ExitSender, VmExit};
+
+/// Local APIC register offsets and delivery modes for LINT0/LINT1, as firmware sets them:
+/// LINT0 passes the 8259's interrupts through (ExtINT), LINT1 is the NMI line.
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+const FPU_CONTROL_WORD: u16 = 0x37f;
+const MXCSR_DEFAULT: u32 = 0x1f80;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot configure vCPU {vcpu}: {what}: {source}")]
+pub struct VcpuSetupError {
+    pub vcpu: u32,
+    pub what: &'static str,
+    pub source: kvm_ioctls::Error,
+}
+
+pub struct Vcpu {
+    id: u32,
+    fd: VcpuFd,
+    io: Arc<IoBus>,
+    exits: ExitSender,
+}
+
+impl Vcpu {
+    pub fn new(id: u32, fd: VcpuFd, io: Arc<IoBus>, exits: ExitSender) -> Self {
+        Vcpu { id, fd, io, exits }
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets the kernel's entry state.
+    /// The others wait, as on real hardware, for the boot vCPU's INIT/SIPI.
+    pub fn configure(
+        &mut self,
+        supported_cpuid: &CpuId,
+        vcpus: u32,
+        entry: Option<&EntryPoint>,
+    ) -> Result<(), VcpuSetupError> {
+        let err = |what| {
+            let vcpu = self.id;
+            move |source| VcpuSetupError { vcpu, what, source }
+        };
+        let cpuid = cpuid::guest_cpuid(supported_cpuid, self.id, vcpus);
+        self.fd.set_cpuid2(&cpuid).map_err(err("set CPUID"))?;
+
+        let msrs = msrs::boot_msrs().map_err(|_| VcpuSetupError {
+            vcpu: self.id,
+            what: "build MSR list",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        let written = self.fd.set_msrs(&msrs).map_err(err("set MSRs"))?;
+        if written != msrs.as_slice().len() {
+            let index = msrs.as_slice().get(written).map_or(0, |m| m.index);
+            log::warn!("vCPU {}: KVM refused MSR {index:#x}", self.id);
+        }
+
+        let fpu = kvm_fpu {
+            fcw: FPU_CONTROL_WORD,
+            mxcsr: MXCSR_DEFAULT,
+            ..Default::default()
+        };
+        self.fd.set_fpu(&fpu).map_err(err("set FPU"))?;
+
+        let mut lapic = self.fd.get_lapic().map_err(err("get LAPIC"))?;
+        set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+        self.fd.set_lapic(&lapic).map_err(err("set LAPIC"))?;
+
+        if let Some(entry) = entry {
+            let sregs = self.fd.get_sregs().map_err(err("get special registers"))?;
+            self.fd
+                .set_sregs(&entry::boot_sregs(entry, sregs))
+                .map_err(err("set special registers"))?;
+            self.fd
+                .set_regs(&entry::boot_regs(entry))
+                .map_err(err("set registers"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPU until the guest stops it or something fails; reports why.
+    pub fn run(mut self) {
+        let exit = loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => self.io.read(port, data),
+                Ok(VcpuExit::IoOut(port, data)) => self.io.write(port, data),
+                // No MMIO devices yet: reads float high, writes vanish.
+                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::Hlt) => {}
+                Ok(VcpuExit::Shutdown) => break VmExit::TripleFault { vcpu: self.id },
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    break VmExit::FailEntry {
+                        vcpu: self.id,
+                        reason,
+                    }
+                }
+                Ok(VcpuExit::InternalError) => {
+                    break VmExit::KvmInternalError {
+                        vcpu: self.id,
+                        suberror: self.internal_suberror(),
+                    }
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => break VmExit::PowerOff,
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => break VmExit::Reset,
+                    kvm_bindings::KVM_SYSTEM_EVENT_CRASH => break VmExit::Panic,
+                    other => log::debug!("vCPU {}: ignored system event {other}", self.id),
+                },
+                Ok(other) => {
+                    break VmExit::VcpuError {
+                        vcpu: self.id,
+                        error: format!("unexpected KVM exit {other:?}"),
+                    }
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => {
+                    break VmExit::VcpuError {
+                        vcpu: self.id,
+                        error: format!("KVM_RUN failed: {e}"),
+                    }
+                }
+            }
+        };
+        self.exits.send(exit);
+    }
+
+    fn internal_suberror(&mut self) -> u32 {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the `internal` member of the exit union, as the exit reason
+        // (KVM_EXIT_INTERNAL_ERROR) says.
+        unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+}
+
+fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {
+    let bytes: [u8; 4] = std::array::from_fn(|i| regs[offset + i] as u8);
+    let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+    for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+        regs[offset + i] = b as std::os::raw::c_char;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_mode_replaces_only_the_delivery_mode() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        regs[APIC_LVT0] = 0x30;
+        regs[APIC_LVT0 + 1] = 0x01; // fixed mode bits set, vector 0x30, mask bit clear
+        set_lvt_mode(&mut regs, APIC_LVT0, APIC_MODE_EXTINT);
+        let value = u32::from_le_bytes(std::array::from_fn(|i| regs[APIC_LVT0 + i] as u8));
+        assert_eq!(value, 0x730);
+    }
+}

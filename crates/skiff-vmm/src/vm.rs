@@ -1,0 +1,231 @@
+//! A VM: KVM objects, guest RAM, the platform devices and the vCPUs, assembled in the
+//! order KVM requires, then run until the first exit.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot::{self, BootSpec};
+use crate::cpu::Vcpu;
+use crate::devices::cmos::Cmos;
+use crate::devices::power::{AcpiPowerRegisters, PvPanic};
+use crate::devices::serial::SerialDevice;
+use crate::devices::{EventFdTrigger, ExitTrigger, I8042, IoBus, Shared};
+use crate::exit::{ExitSender, VmExit};
+use crate::host;
+use crate::layout::{
+    ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_PORT, KVM_IDENTITY_MAP_ADDR,
+    KVM_TSS_ADDR, PVPANIC_PORT,
+};
+use crate::memory::{GuestRam, RamOptions};
+use crate::VmmError;
+
+/// Everything `skiff run` needs to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// Let KSM merge this VM's identical pages.
+    pub mergeable: bool,
+    /// Run even on a KVM without hardware virtualization (kvm_pvm).
+    pub allow_slow_kvm: bool,
+}
+
+impl VmConfig {
+    pub fn from_spec(spec: &skiff_api::VmSpec) -> Self {
+        VmConfig {
+            vcpus: spec.vcpus,
+            memory_bytes: spec.memory.size.bytes(),
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
+            cmdline: spec.cmdline.clone(),
+            mergeable: true,
+            allow_slow_kvm: false,
+        }
+    }
+}
+
+/// A VM that is built but not yet running.
+pub struct Vm {
+    // Kept open for the VM's lifetime: the VM and vCPU fds refer to it.
+    _kvm: Kvm,
+    _vm_fd: VmFd,
+    ram: GuestRam,
+    serial: Shared<SerialDevice>,
+    exits: ExitSender,
+    exit_rx: mpsc::Receiver<VmExit>,
+    vcpus: Vec<Vcpu>,
+}
+
+impl Vm {
+    /// Builds the VM; the guest's console output goes to `console`.
+    pub fn create(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Vm, VmmError> {
+        let kvm = host::open_kvm(config.allow_slow_kvm)?;
+        host::check_vcpus(&kvm, config.vcpus)?;
+        host::check_memory(config.memory_bytes)?;
+
+        let vm_fd = kvm.create_vm().map_err(VmmError::kvm("create VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(VmmError::kvm("set TSS address"))?;
+        if kvm.check_extension(kvm_ioctls::Cap::SetIdentityMapAddr) {
+            vm_fd
+                .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+                .map_err(VmmError::kvm("set identity map address"))?;
+        }
+        vm_fd
+            .create_irq_chip()
+            .map_err(VmmError::kvm("create in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd.create_pit2(pit).map_err(VmmError::kvm("create PIT"))?;
+
+        let ram = GuestRam::new(
+            config.memory_bytes,
+            RamOptions {
+                mergeable: config.mergeable,
+            },
+        )?;
+        for (slot, region) in ram.regions().iter().enumerate() {
+            let mem_region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.guest_addr,
+                memory_size: region.len,
+                userspace_addr: ram.host_addr(region),
+            };
+            // SAFETY: the host range belongs to `ram`, which outlives the VM: it is dropped
+            // with `Vm` or kept by the vCPU threads until the process exits.
+            unsafe { vm_fd.set_user_memory_region(mem_region) }
+                .map_err(VmmError::kvm("register guest memory"))?;
+        }
+
+        let (exits, exit_rx) = ExitSender::channel();
+        let (io_bus, serial) = platform_devices(&vm_fd, &exits, console)?;
+        let io_bus = Arc::new(io_bus);
+
+        let boot_spec = BootSpec {
+            kernel: &config.kernel,
+            initrd: config.initrd.as_deref(),
+            cmdline: &config.cmdline,
+            vcpus: config.vcpus,
+        };
+        let entry = boot::load(&ram, &boot_spec)?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::kvm("get supported CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let fd = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(VmmError::kvm("create vCPU"))?;
+            let mut vcpu = Vcpu::new(id, fd, io_bus.clone(), exits.clone());
+            vcpu.configure(&supported, config.vcpus, (id == 0).then_some(&entry))?;
+            vcpus.push(vcpu);
+        }
+
+        Ok(Vm {
+            _kvm: kvm,
+            _vm_fd: vm_fd,
+            ram,
+            serial,
+            exits,
+            exit_rx,
+            vcpus,
+        })
+    }
+
+    /// The console UART, for feeding it input.
+    pub fn serial(&self) -> Shared<SerialDevice> {
+        self.serial.clone()
+    }
+
+    /// Where to report an exit from outside (signals, the console escape).
+    pub fn exit_sender(&self) -> ExitSender {
+        self.exits.clone()
+    }
+
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// Starts the vCPUs and waits for the first reason to stop. The vCPU threads are left
+    /// running: the caller ends the process, which is how a VMM stops its guest for good.
+    pub fn run(self) -> Result<VmExit, VmmError> {
+        let Vm {
+            _kvm,
+            _vm_fd,
+            ram,
+            exit_rx,
+            vcpus,
+            ..
+        } = self;
+        for vcpu in vcpus {
+            let ram = ram.clone();
+            thread::Builder::new()
+                .name("vcpu".into())
+                .spawn(move || {
+                    let _ram = ram; // guest memory stays mapped while any vCPU can run
+                    vcpu.run();
+                })
+                .map_err(VmmError::Thread)?;
+        }
+        let exit = exit_rx
+            .recv()
+            .unwrap_or_else(|_| VmExit::VcpuError {
+                vcpu: 0,
+                error: "every vCPU thread ended without a report".into(),
+            });
+        // Keep KVM objects alive until the caller has acted on the exit.
+        std::mem::forget(_vm_fd);
+        std::mem::forget(_kvm);
+        Ok(exit)
+    }
+}
+
+fn platform_devices(
+    vm_fd: &VmFd,
+    exits: &ExitSender,
+    console: Box<dyn Write + Send>,
+) -> Result<(IoBus, Shared<SerialDevice>), VmmError> {
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm_fd
+        .register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(VmmError::kvm("connect the serial interrupt"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        EventFdTrigger(serial_irq),
+        console,
+    )));
+
+    let i8042 = I8042(vm_superio::I8042Device::new(ExitTrigger::new(
+        exits.clone(),
+        VmExit::Reset,
+    )));
+
+    let mut bus = IoBus::default();
+    bus.register(COM1_PORT, 8, serial.clone())?;
+    bus.register(I8042_PORT, 5, Arc::new(Mutex::new(i8042)))?;
+    bus.register(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::default())))?;
+    bus.register(
+        ACPI_SLEEP_CONTROL_PORT,
+        3,
+        Arc::new(Mutex::new(AcpiPowerRegisters::new(exits.clone()))),
+    )?;
+    bus.register(
+        PVPANIC_PORT,
+        1,
+        Arc::new(Mutex::new(PvPanic::new(exits.clone()))),
+    )?;
+    Ok((bus, serial))
+}

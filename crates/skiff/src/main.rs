@@ -1,0 +1,38 @@
+//! `skiff`: run a VM in this process (`skiff run`), and later manage a host.
+
+mod console;
+mod logger;
+mod run;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "Skiff: many isolated Linux machines on one host")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a VM in this process, with its serial console on stdin/stdout.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("skiff: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

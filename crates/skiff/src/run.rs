@@ -1,0 +1,114 @@
+//! `skiff run`: one VM in this process.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use skiff_api::{ByteSize, MemorySpec, VmSpec};
+use skiff_vmm::{Vm, VmConfig};
+
+use crate::{console, signals};
+
+const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A VM spec file (TOML, or JSON if it ends in .json); flags override its fields.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kernel image: a bzImage, or a vmlinux ELF with a PVH note.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: console=ttyS0].
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u32>,
+    /// Guest memory, e.g. 256M or 2G; a bare number is MiB [default: 256M].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<ByteSize>,
+    /// Do not let KSM merge this VM's memory with identical pages elsewhere.
+    #[arg(long)]
+    no_page_sharing: bool,
+    /// Run even on a KVM without hardware virtualization (extremely slow guests).
+    #[arg(long)]
+    allow_slow_kvm: bool,
+}
+
+impl RunArgs {
+    fn spec(&self) -> Result<VmSpec> {
+        let mut spec = match &self.config {
+            Some(path) => read_spec(path)?,
+            None => VmSpec {
+                name: None,
+                vcpus: 1,
+                memory: MemorySpec::of_size(ByteSize::from_mib(256)),
+                kernel: PathBuf::new(),
+                initrd: None,
+                cmdline: DEFAULT_CMDLINE.to_string(),
+            },
+        };
+        if let Some(kernel) = &self.kernel {
+            spec.kernel = kernel.clone();
+        }
+        if let Some(initrd) = &self.initrd {
+            spec.initrd = Some(initrd.clone());
+        }
+        if let Some(cmdline) = &self.cmdline {
+            spec.cmdline = cmdline.clone();
+        }
+        if let Some(vcpus) = self.vcpus {
+            spec.vcpus = vcpus;
+        }
+        if let Some(memory) = self.memory {
+            spec.memory.size = memory;
+        }
+        if spec.kernel.as_os_str().is_empty() {
+            anyhow::bail!("no kernel: pass --kernel PATH or a spec file with `kernel`");
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+fn read_spec(path: &PathBuf) -> Result<VmSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read spec {}", path.display()))?;
+    let spec = if path.extension().is_some_and(|e| e == "json") {
+        VmSpec::from_json(&text)
+    } else {
+        VmSpec::from_toml(&text)
+    };
+    spec.with_context(|| format!("invalid spec {}", path.display()))
+}
+
+/// Boots the VM and returns the process exit status that reports how it ended.
+pub fn run(args: RunArgs) -> Result<u8> {
+    let spec = args.spec()?;
+    let mut config = VmConfig::from_spec(&spec);
+    config.mergeable = !args.no_page_sharing;
+    config.allow_slow_kvm = args.allow_slow_kvm;
+
+    signals::block_termination_signals().context("cannot block termination signals")?;
+    let vm = Vm::create(&config, Box::new(console::output()?))?;
+    signals::forward_to(vm.exit_sender()).context("cannot start the signal thread")?;
+
+    let interactive = console::stdin_is_terminal();
+    if interactive {
+        console::enter_raw_mode().context("cannot put the terminal in raw mode")?;
+        eprint!("skiff: console attached; Ctrl-A x quits\r\n");
+    }
+    console::forward_input(vm.serial(), vm.exit_sender(), interactive);
+
+    let exit = vm.run();
+    console::restore_terminal();
+    let exit = exit?;
+    if let Some(line) = exit.describe() {
+        eprintln!("skiff: {line}");
+    }
+    Ok(u8::try_from(exit.exit_code()).unwrap_or(1))
+}
