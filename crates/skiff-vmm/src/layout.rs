@@ -40,6 +40,7 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
 pub const CMOS_PORT: u16 = 0x70;
+pub const CMOS_IRQ: u32 = 8;
 /// pvpanic: the guest writes here when it panics (QEMU0001 in the DSDT).
 pub const PVPANIC_PORT: u16 = 0x505;
 /// ACPI hardware-reduced sleep control/status and reset registers (FADT).

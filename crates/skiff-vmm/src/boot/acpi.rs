@@ -7,7 +7,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES, ACPI_TABLES_END, IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT,
+    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES, ACPI_TABLES_END, CMOS_IRQ, CMOS_PORT, COM1_IRQ, COM1_PORT,
+    IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT,
 };
 
 const OEM_ID: [u8; 6] = *b"SKIFF ";
@@ -119,22 +120,85 @@ fn dsdt() -> Sdt {
         "_S5_".into(),
         &aml::Package::new(vec![&s5_type, &s5_type, &zero, &zero]),
     );
+    // A hardware-reduced ACPI machine has no legacy PIC, so Linux maps no ISA IRQs by
+    // itself: each legacy device must name its interrupt here.
+    let com1 = LegacyDevice::new("COM1", "PNP0501", COM1_PORT, 8, Some(COM1_IRQ));
+    let rtc = LegacyDevice::new("RTC_", "PNP0B00", CMOS_PORT, 2, Some(CMOS_IRQ));
     // pvpanic (QEMU0001): Linux's pvpanic driver writes 1 to this port on panic.
-    let pvpanic_io = aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
-    let pvpanic_crs = aml::ResourceTemplate::new(vec![&pvpanic_io]);
-    let hid = aml::Name::new("_HID".into(), &"QEMU0001");
-    let sta_value = 0x0fu8;
-    let sta = aml::Name::new("_STA".into(), &sta_value);
-    let crs = aml::Name::new("_CRS".into(), &pvpanic_crs);
-    let pvpanic = aml::Device::new("PEVT".into(), vec![&hid, &sta, &crs]);
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&pvpanic]);
+    let pvpanic = LegacyDevice::new("PEVT", "QEMU0001", PVPANIC_PORT, 1, None);
 
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
-    sb.to_aml_bytes(&mut body);
+    let (com1, rtc, pvpanic) = (com1.aml(), rtc.aml(), pvpanic.aml());
+    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic])
+        .to_aml_bytes(&mut body);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt
+}
+
+/// An ISA device at fixed I/O ports, with an optional edge-triggered, active-high IRQ.
+struct LegacyDevice {
+    name: &'static str,
+    hid: &'static str,
+    port: u16,
+    len: u8,
+    irq: Option<u32>,
+}
+
+/// A compressible EISA ID: three capital letters and four hex digits (`PNP0501`).
+fn is_eisa_id(id: &str) -> bool {
+    id.len() == 7
+        && id[..3].chars().all(|c| c.is_ascii_uppercase())
+        && id[3..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// AML bytecode already encoded.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+impl LegacyDevice {
+    fn new(name: &'static str, hid: &'static str, port: u16, len: u8, irq: Option<u32>) -> Self {
+        LegacyDevice {
+            name,
+            hid,
+            port,
+            len,
+            irq,
+        }
+    }
+
+    fn aml(&self) -> RawAml {
+        let io = aml::IO::new(self.port, self.port, 1, self.len);
+        let irq = self
+            .irq
+            .map(|n| aml::Interrupt::new(true, true, false, false, n));
+        let mut resources: Vec<&dyn Aml> = vec![&io];
+        if let Some(irq) = &irq {
+            resources.push(irq);
+        }
+        let crs_template = aml::ResourceTemplate::new(resources);
+        // EISA IDs (PNPxxxx) are compressed; others (QEMU0001) are strings.
+        let hid = if is_eisa_id(self.hid) {
+            aml::Name::new("_HID".into(), &aml::EISAName::new(self.hid))
+        } else {
+            aml::Name::new("_HID".into(), &self.hid)
+        };
+        let uid_value = 0u8;
+        let uid = aml::Name::new("_UID".into(), &uid_value);
+        let sta_value = 0x0fu8; // present, enabled, shown, functioning
+        let sta = aml::Name::new("_STA".into(), &sta_value);
+        let crs = aml::Name::new("_CRS".into(), &crs_template);
+        let device = aml::Device::new(self.name.into(), vec![&hid, &uid, &sta, &crs]);
+        let mut bytes = Vec::new();
+        device.to_aml_bytes(&mut bytes);
+        RawAml(bytes)
+    }
 }
 
 /// Places tables one after another, 16-byte aligned, inside the ACPI area.
