@@ -28,6 +28,9 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
     "ext4",
+    // pvpanic tells the VMM that the guest panicked (ACPI QEMU0001 device).
+    "pvpanic",
+    "pvpanic-mmio",
 ];
 
 /// The name of the in-guest helper crate and binary.

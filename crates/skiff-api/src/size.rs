@@ -102,7 +102,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (unit, scale) in [("T", 1024 * 1024 * MIB), ("G", 1024 * MIB), ("M", MIB), ("K", KIB)] {
-            if b >= scale && b % scale == 0 {
+            if b >= scale && b.is_multiple_of(scale) {
                 return write!(f, "{}{}", b / scale, unit);
             }
         }

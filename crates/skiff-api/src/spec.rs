@@ -152,7 +152,7 @@ impl VmSpec {
                 format!("{size} is less than the minimum of {MIN_MEMORY}"),
             ));
         }
-        if size.bytes() % PAGE_SIZE != 0 {
+        if !size.bytes().is_multiple_of(PAGE_SIZE) {
             return Err(SpecError::invalid(
                 "memory.size",
                 format!("{size} is not a multiple of 4 KiB"),
