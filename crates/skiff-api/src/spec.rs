@@ -12,7 +12,7 @@ pub const DEFAULT_SHARES: u64 = 1000;
 
 /// The most vCPUs a spec may ask for before the host is even asked (KVM's own limit applies
 /// on top of this).
-const MAX_SPEC_VCPUS: u32 = 1024;
+const MAX_SPEC_VCPUS: u32 = 4096;
 /// The smallest guest that can hold a kernel, its page tables and an initramfs.
 const MIN_MEMORY: ByteSize = ByteSize::from_mib(16);
 const PAGE_SIZE: u64 = 4096;
