@@ -2,6 +2,7 @@
 //! flags. The VMM, the daemon and the CLI all use these types, so a field means the same
 //! thing everywhere.
 
+pub mod control;
 mod size;
 mod spec;
 

@@ -24,6 +24,8 @@ pub enum VmExit {
     Signal(i32),
     /// The user quit from the console escape.
     UserQuit,
+    /// Stopped through the control socket.
+    Stopped,
 }
 
 /// Exit status of `skiff run` for a guest that panicked.
@@ -37,7 +39,7 @@ impl VmExit {
     /// The process exit status that reports this exit.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmExit::PowerOff | VmExit::UserQuit => 0,
+            VmExit::PowerOff | VmExit::UserQuit | VmExit::Stopped => 0,
             VmExit::Signal(_) => 0,
             VmExit::Panic => EXIT_GUEST_PANIC,
             VmExit::Reset => EXIT_GUEST_RESET,
@@ -53,6 +55,7 @@ impl VmExit {
         Some(match self {
             VmExit::PowerOff => return None,
             VmExit::UserQuit => "console: quit".to_string(),
+            VmExit::Stopped => "stopped through the control socket".to_string(),
             VmExit::Signal(sig) => format!("stopped by signal {sig}"),
             VmExit::Panic => "guest kernel panicked".to_string(),
             VmExit::Reset => "guest requested a reboot; the VM has stopped".to_string(),

@@ -6,16 +6,19 @@
 //! assembles them. [`exit`] says why a VM stopped.
 
 pub mod boot;
+pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod exit;
+pub mod handle;
 pub mod host;
 pub mod layout;
 pub mod memory;
 pub mod vm;
 
 pub use exit::{ExitSender, VmExit};
-pub use vm::{Vm, VmConfig};
+pub use handle::VmHandle;
+pub use vm::{RunningVm, Vm, VmConfig};
 
 /// Why a VM could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +40,15 @@ pub enum VmmError {
     IoBus(#[from] devices::iobus::OverlapError),
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("cannot start a vCPU thread: {0}")]
+    #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("cannot open the control socket {path}: {source}")]
+    ControlSocket {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl VmmError {

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
+use std::os::unix::thread::JoinHandleExt;
 use std::thread;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -11,7 +12,9 @@ use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::{self, BootSpec};
+use crate::cpu::run_control::{self, RunControl};
 use crate::cpu::Vcpu;
+use crate::handle::VmHandle;
 use crate::devices::cmos::Cmos;
 use crate::devices::power::{AcpiPowerRegisters, PvPanic};
 use crate::devices::serial::SerialDevice;
@@ -63,6 +66,7 @@ pub struct Vm {
     exits: ExitSender,
     exit_rx: mpsc::Receiver<VmExit>,
     vcpus: Vec<Vcpu>,
+    control: Arc<RunControl>,
 }
 
 impl Vm {
@@ -122,6 +126,8 @@ impl Vm {
         };
         let entry = boot::load(&ram, &boot_spec)?;
 
+        run_control::install_kick_handler().map_err(VmmError::Signal)?;
+        let control = Arc::new(RunControl::default());
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmmError::kvm("get supported CPUID"))?;
@@ -130,7 +136,7 @@ impl Vm {
             let fd = vm_fd
                 .create_vcpu(u64::from(id))
                 .map_err(VmmError::kvm("create vCPU"))?;
-            let mut vcpu = Vcpu::new(id, fd, io_bus.clone(), exits.clone());
+            let mut vcpu = Vcpu::new(id, fd, io_bus.clone(), exits.clone(), control.clone());
             vcpu.configure(&supported, config.vcpus, (id == 0).then_some(&entry))?;
             vcpus.push(vcpu);
         }
@@ -143,6 +149,7 @@ impl Vm {
             exits,
             exit_rx,
             vcpus,
+            control,
         })
     }
 
@@ -160,37 +167,65 @@ impl Vm {
         &self.ram
     }
 
-    /// Starts the vCPUs and waits for the first reason to stop. The vCPU threads are left
-    /// running: the caller ends the process, which is how a VMM stops its guest for good.
-    pub fn run(self) -> Result<VmExit, VmmError> {
+    /// Starts the vCPUs. The guest runs until [`RunningVm::wait`] reports why it stopped.
+    pub fn start(self) -> Result<RunningVm, VmmError> {
         let Vm {
             _kvm,
             _vm_fd,
             ram,
+            exits,
             exit_rx,
             vcpus,
+            control,
             ..
         } = self;
-        for vcpu in vcpus {
+        let vcpu_count = vcpus.len() as u32;
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for (id, vcpu) in vcpus.into_iter().enumerate() {
             let ram = ram.clone();
-            thread::Builder::new()
-                .name("vcpu".into())
+            let handle = thread::Builder::new()
+                .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let _ram = ram; // guest memory stays mapped while any vCPU can run
                     vcpu.run();
                 })
                 .map_err(VmmError::Thread)?;
+            threads.push(handle.as_pthread_t());
         }
-        let exit = exit_rx
-            .recv()
-            .unwrap_or_else(|_| VmExit::VcpuError {
-                vcpu: 0,
-                error: "every vCPU thread ended without a report".into(),
-            });
-        // Keep KVM objects alive until the caller has acted on the exit.
-        std::mem::forget(_vm_fd);
-        std::mem::forget(_kvm);
-        Ok(exit)
+        Ok(RunningVm {
+            _kvm,
+            _vm_fd,
+            exit_rx,
+            handle: VmHandle::new(control, threads, ram, exits, vcpu_count),
+        })
+    }
+}
+
+/// A VM whose vCPUs run.
+pub struct RunningVm {
+    // KVM objects stay open until the process ends: vCPU threads still use them.
+    _kvm: Kvm,
+    _vm_fd: VmFd,
+    exit_rx: mpsc::Receiver<VmExit>,
+    handle: VmHandle,
+}
+
+impl RunningVm {
+    /// Control over the running VM (pause, resume, stats, stop), for other threads.
+    pub fn handle(&self) -> VmHandle {
+        self.handle.clone()
+    }
+
+    /// Blocks until the first reason to stop. The vCPU threads are left as they are: the
+    /// caller ends the process, which is how a VMM stops its guest for good.
+    pub fn wait(self) -> VmExit {
+        let exit = self.exit_rx.recv().unwrap_or_else(|_| VmExit::VcpuError {
+            vcpu: 0,
+            error: "every vCPU thread ended without a report".into(),
+        });
+        // The vCPU threads may still be inside KVM_RUN: never close their fds under them.
+        std::mem::forget(self);
+        exit
     }
 }
 

@@ -1,6 +1,7 @@
 //! `skiff`: run a VM in this process (`skiff run`), and later manage a host.
 
 mod console;
+mod ctl;
 mod logger;
 mod run;
 mod signals;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Boot a VM in this process, with its serial console on stdin/stdout.
     Run(run::RunArgs),
+    /// Send a control request (stats, pause, resume, stop) to a running VMM.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -37,6 +37,9 @@ pub struct RunArgs {
     /// Run even on a KVM without hardware virtualization (extremely slow guests).
     #[arg(long)]
     allow_slow_kvm: bool,
+    /// Serve the control protocol (stats, pause, resume, stop) on this unix socket.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -104,9 +107,22 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     console::forward_input(vm.serial(), vm.exit_sender(), interactive);
 
-    let exit = vm.run();
+    let running = vm.start();
+    let running = match running {
+        Ok(running) => running,
+        Err(e) => {
+            console::restore_terminal();
+            return Err(e.into());
+        }
+    };
+    if let Some(path) = &args.control_socket {
+        if let Err(e) = skiff_vmm::control::serve(path, running.handle()) {
+            console::restore_terminal();
+            return Err(e.into());
+        }
+    }
+    let exit = running.wait();
     console::restore_terminal();
-    let exit = exit?;
     if let Some(line) = exit.describe() {
         eprintln!("skiff: {line}");
     }

@@ -2,6 +2,7 @@
 
 pub mod cpuid;
 pub mod msrs;
+pub mod run_control;
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::boot::entry::{self, EntryPoint};
 use crate::devices::IoBus;
+use run_control::RunControl;
 use crate::exit::{ExitSender, VmExit};
 
 /// Local APIC register offsets and delivery modes for LINT0/LINT1, as firmware sets them:
@@ -35,11 +37,24 @@ pub struct Vcpu {
     fd: VcpuFd,
     io: Arc<IoBus>,
     exits: ExitSender,
+    control: Arc<RunControl>,
 }
 
 impl Vcpu {
-    pub fn new(id: u32, fd: VcpuFd, io: Arc<IoBus>, exits: ExitSender) -> Self {
-        Vcpu { id, fd, io, exits }
+    pub fn new(
+        id: u32,
+        fd: VcpuFd,
+        io: Arc<IoBus>,
+        exits: ExitSender,
+        control: Arc<RunControl>,
+    ) -> Self {
+        Vcpu {
+            id,
+            fd,
+            io,
+            exits,
+            control,
+        }
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets the kernel's entry state.
@@ -93,8 +108,11 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the guest stops it or something fails; reports why.
+    /// Must be called on the vCPU's own thread.
     pub fn run(mut self) {
+        run_control::register_vcpu_thread(self.fd.get_kvm_run());
         let exit = loop {
+            self.control.park_if_paused();
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => self.io.read(port, data),
                 Ok(VcpuExit::IoOut(port, data)) => self.io.write(port, data),
@@ -127,7 +145,10 @@ impl Vcpu {
                         error: format!("unexpected KVM exit {other:?}"),
                     }
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                // A kick (pause) or another signal: clear the kick and look at the state.
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
                 Err(e) => {
                     break VmExit::VcpuError {
                         vcpu: self.id,
