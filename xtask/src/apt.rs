@@ -228,11 +228,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// The hex SHA256 of some bytes.
-pub fn sha256(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -267,9 +262,13 @@ mod tests {
     }
 
     #[test]
-    fn sha256_of_bytes() {
+    fn sha256_of_a_file() {
+        let path = std::env::temp_dir().join(format!("xtask-sha-{}", std::process::id()));
+        std::fs::write(&path, b"abc").expect("write");
+        let sum = sha256_file(&path).expect("hash");
+        let _ = std::fs::remove_file(&path);
         assert_eq!(
-            sha256(b"abc"),
+            sum,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

@@ -26,7 +26,12 @@ pub fn prepare() -> Result<Assets> {
     let kernel = kernel::prepare(&cache)?;
     let (busybox_package, busybox) = busybox(&cache)?;
     let guest_tool = guest::build_guest_tool()?;
-    let initrd = guest::build(&cache.join("guest"), &kernel, &busybox, guest_tool.as_deref())?;
+    let initrd = guest::build(
+        &cache.join("guest"),
+        &kernel,
+        &busybox,
+        guest_tool.as_deref(),
+    )?;
     Ok(Assets {
         cache,
         kernel,
@@ -40,7 +45,9 @@ pub fn prepare() -> Result<Assets> {
 fn busybox(cache: &Path) -> Result<(DebPackage, PathBuf)> {
     let package = apt::resolve("busybox-static", None)?;
     let deb = apt::fetch(&package, &cache.join("debs"))?;
-    let dir = cache.join("busybox").join(package.version.replace(':', "%3a"));
+    let dir = cache
+        .join("busybox")
+        .join(package.version.replace(':', "%3a"));
     let stamp = dir.join("READY");
     if !std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == package.sha256) {
         paths::remove(&dir)?;
@@ -58,13 +65,20 @@ fn busybox(cache: &Path) -> Result<(DebPackage, PathBuf)> {
 impl Assets {
     pub fn print_summary(&self) {
         let k = &self.kernel;
-        println!("kernel       {} {} ({})", k.package.name, k.package.version, k.release);
+        println!(
+            "kernel       {} {} ({})",
+            k.package.name, k.package.version, k.release
+        );
         println!(
             "busybox      {} {}",
             self.busybox_package.name, self.busybox_package.version
         );
         println!("SKIFF_KERNEL={}", k.bzimage.display());
-        println!("SKIFF_VMLINUX={}  (PVH entry {:#x})", k.vmlinux.display(), k.pvh_entry);
+        println!(
+            "SKIFF_VMLINUX={}  (PVH entry {:#x})",
+            k.vmlinux.display(),
+            k.pvh_entry
+        );
         println!("SKIFF_INITRD={}", self.initrd.display());
         match &self.guest_tool {
             Some(tool) => println!("guest tool   {}", tool.display()),

@@ -38,30 +38,71 @@ impl<W: Write> CpioWriter<W> {
     }
 
     pub fn dir(&mut self, name: &str, perm: u32) -> io::Result<()> {
-        self.entry(name, Meta { mode: S_IFDIR | perm, rdev: (0, 0) }, 0, &mut io::empty())
+        self.entry(
+            name,
+            Meta {
+                mode: S_IFDIR | perm,
+                rdev: (0, 0),
+            },
+            0,
+            &mut io::empty(),
+        )
     }
 
-    pub fn file(&mut self, name: &str, perm: u32, size: u64, data: &mut dyn Read) -> io::Result<()> {
-        self.entry(name, Meta { mode: S_IFREG | perm, rdev: (0, 0) }, size, data)
+    pub fn file(
+        &mut self,
+        name: &str,
+        perm: u32,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> io::Result<()> {
+        self.entry(
+            name,
+            Meta {
+                mode: S_IFREG | perm,
+                rdev: (0, 0),
+            },
+            size,
+            data,
+        )
     }
 
     pub fn symlink(&mut self, name: &str, target: &str) -> io::Result<()> {
         let target = target.as_bytes();
         self.entry(
             name,
-            Meta { mode: S_IFLNK | 0o777, rdev: (0, 0) },
+            Meta {
+                mode: S_IFLNK | 0o777,
+                rdev: (0, 0),
+            },
             target.len() as u64,
             &mut &target[..],
         )
     }
 
     pub fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
-        self.entry(name, Meta { mode: S_IFCHR | perm, rdev: (major, minor) }, 0, &mut io::empty())
+        self.entry(
+            name,
+            Meta {
+                mode: S_IFCHR | perm,
+                rdev: (major, minor),
+            },
+            0,
+            &mut io::empty(),
+        )
     }
 
     /// Writes the trailer and returns the underlying writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.header(TRAILER, Meta { mode: 0, rdev: (0, 0) }, 0, 0)?;
+        self.header(
+            TRAILER,
+            Meta {
+                mode: 0,
+                rdev: (0, 0),
+            },
+            0,
+            0,
+        )?;
         self.out.flush()?;
         Ok(self.out)
     }
@@ -82,8 +123,9 @@ impl<W: Write> CpioWriter<W> {
     }
 
     fn header(&mut self, name: &str, meta: Meta, ino: u32, size: u64) -> io::Result<()> {
-        let size = u32::try_from(size)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: over 4 GiB")))?;
+        let size = u32::try_from(size).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: over 4 GiB"))
+        })?;
         let name_size = name.len() + 1;
         let nlink = if meta.mode & S_IFDIR != 0 { 2 } else { 1 };
         let fields = [

@@ -2,4 +2,6 @@
 use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct DemoArgs {}
-pub fn main(_a: DemoArgs) -> anyhow::Result<ExitCode> { todo!() }
+pub fn main(_a: DemoArgs) -> anyhow::Result<ExitCode> {
+    todo!()
+}

@@ -92,18 +92,29 @@ pub fn direct_env(assets: &Assets) -> Result<Vec<(&'static str, String)>> {
     let tmp = paths::target_dir().join("e2e-tmp");
     paths::create_dir(&tmp)?;
     Ok(vec![
-        ("SKIFF_BIN", path(&paths::target_dir().join("release/skiff"))),
+        (
+            "SKIFF_BIN",
+            path(&paths::target_dir().join("release/skiff")),
+        ),
         ("SKIFF_KERNEL", path(&assets.kernel.bzimage)),
         ("SKIFF_VMLINUX", path(&assets.kernel.vmlinux)),
         ("SKIFF_INITRD", path(&assets.initrd)),
-        ("SKIFF_QEMU", path(&cmd::require("qemu-system-x86_64", "qemu-system-x86")?)),
+        (
+            "SKIFF_QEMU",
+            path(&cmd::require("qemu-system-x86_64", "qemu-system-x86")?),
+        ),
         ("SKIFF_QEMU_DATADIR", "/usr/share/qemu".into()),
         ("SKIFF_MKE2FS", path(&cmd::require("mke2fs", "e2fsprogs")?)),
         ("SKIFF_E2E_TMP", path(&tmp)),
     ])
 }
 
-fn run_direct(assets: &Assets, binaries: &[PathBuf], tests: &Path, test_args: &[String]) -> Result<i32> {
+fn run_direct(
+    assets: &Assets,
+    binaries: &[PathBuf],
+    tests: &Path,
+    test_args: &[String],
+) -> Result<i32> {
     let _ = binaries;
     let status = Command::new(tests)
         .args(test_args)
@@ -128,7 +139,9 @@ pub fn skiff_binaries(build: bool) -> Result<Vec<PathBuf>> {
     let mut packages = Vec::new();
     let mut names = Vec::new();
     for package in metadata["packages"].as_array().into_iter().flatten() {
-        let Some(name) = package["name"].as_str() else { continue };
+        let Some(name) = package["name"].as_str() else {
+            continue;
+        };
         if NOT_SKIFF.contains(&name) {
             continue;
         }
@@ -136,7 +149,11 @@ pub fn skiff_binaries(build: bool) -> Result<Vec<PathBuf>> {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+            .filter(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
+            })
             .filter_map(|t| t["name"].as_str())
             .collect();
         if !bins.is_empty() {
@@ -164,15 +181,26 @@ pub fn skiff_binaries(build: bool) -> Result<Vec<PathBuf>> {
 pub fn build_tests() -> Result<PathBuf> {
     let out = cmd::output(
         cargo()
-            .args(["test", "-p", "skiff-e2e", "--no-run", "--release", "--message-format=json"])
+            .args([
+                "test",
+                "-p",
+                "skiff-e2e",
+                "--no-run",
+                "--release",
+                "--message-format=json",
+            ])
             .stderr(Stdio::inherit()),
     )
     .context("cannot build the e2e tests")?;
     for line in out.lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let is_test = message["reason"] == "compiler-artifact"
             && message["target"]["name"] == TEST_TARGET
-            && message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+            && message["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"));
         if let (true, Some(exe)) = (is_test, message["executable"].as_str()) {
             return Ok(PathBuf::from(exe));
         }

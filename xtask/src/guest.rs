@@ -39,9 +39,13 @@ const GUEST_TOOL: &str = "skiff-guest-tool";
 /// Puts busybox into `fs` with a symlink per applet in /bin.
 pub fn add_busybox(fs: &mut Initramfs, busybox: &Path) -> Result<()> {
     fs.copy("/bin/busybox", busybox)?;
-    let list = cmd::output(Command::new(busybox).arg("--list"))
-        .context("cannot list busybox applets")?;
-    for applet in list.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+    let list =
+        cmd::output(Command::new(busybox).arg("--list")).context("cannot list busybox applets")?;
+    for applet in list
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         fs.symlink(&format!("/bin/{applet}"), "busybox");
     }
     fs.symlink("/sbin", "bin");
@@ -74,28 +78,54 @@ pub fn add_skeleton(fs: &mut Initramfs) {
 /// Builds the in-guest helper as a static binary, if its crate exists yet.
 pub fn build_guest_tool() -> Result<Option<PathBuf>> {
     let workspace = paths::workspace();
-    if !workspace.join("crates").join(GUEST_TOOL).join("Cargo.toml").exists() {
-        eprintln!("note: crates/{GUEST_TOOL} does not exist yet; the guest initramfs has no {GUEST_TOOL}");
+    if !workspace
+        .join("crates")
+        .join(GUEST_TOOL)
+        .join("Cargo.toml")
+        .exists()
+    {
+        eprintln!(
+            "note: crates/{GUEST_TOOL} does not exist yet; the guest initramfs has no {GUEST_TOOL}"
+        );
         return Ok(None);
     }
     let target = "x86_64-unknown-linux-gnu";
     // A separate --target keeps these RUSTFLAGS from invalidating the host build.
     cmd::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "--release", "-p", GUEST_TOOL, "--target", target])
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                GUEST_TOOL,
+                "--target",
+                target,
+            ])
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .current_dir(&workspace),
     )
     .with_context(|| format!("cannot build {GUEST_TOOL}"))?;
-    Ok(Some(paths::target_dir().join(target).join("release").join(GUEST_TOOL)))
+    Ok(Some(
+        paths::target_dir()
+            .join(target)
+            .join("release")
+            .join(GUEST_TOOL),
+    ))
 }
 
 /// Builds (or reuses) the guest initramfs in `dir`; returns its path.
-pub fn build(dir: &Path, kernel: &Kernel, busybox: &Path, guest_tool: Option<&Path>) -> Result<PathBuf> {
+pub fn build(
+    dir: &Path,
+    kernel: &Kernel,
+    busybox: &Path,
+    guest_tool: Option<&Path>,
+) -> Result<PathBuf> {
     let mut fs = Initramfs::new();
     add_skeleton(&mut fs);
     add_busybox(&mut fs, busybox)?;
-    fs.symlink("/usr/bin", "../bin").symlink("/usr/sbin", "../bin");
+    fs.symlink("/usr/bin", "../bin")
+        .symlink("/usr/sbin", "../bin");
     add_modules(&mut fs, kernel, GUEST_MODULES)?;
     if let Some(tool) = guest_tool {
         fs.copy(&format!("/bin/{GUEST_TOOL}"), tool)?;
@@ -106,7 +136,12 @@ pub fn build(dir: &Path, kernel: &Kernel, busybox: &Path, guest_tool: Option<&Pa
 
 /// Writes `fs` as `dir/<name>-<fingerprint>.cpio[.gz]` unless that file exists already;
 /// older archives of the same name are removed.
-pub fn cached_archive(fs: &Initramfs, dir: &Path, name: &str, compression: Compression) -> Result<PathBuf> {
+pub fn cached_archive(
+    fs: &Initramfs,
+    dir: &Path,
+    name: &str,
+    compression: Compression,
+) -> Result<PathBuf> {
     paths::create_dir(dir)?;
     let fingerprint = fs.fingerprint()?;
     let ext = match compression {

@@ -78,35 +78,14 @@ impl Initramfs {
     }
 
     pub fn symlink(&mut self, dest: &str, target: &str) -> &mut Self {
-        self.nodes.insert(key(dest), Node::Symlink(target.to_owned()));
+        self.nodes
+            .insert(key(dest), Node::Symlink(target.to_owned()));
         self
     }
 
     pub fn char_dev(&mut self, dest: &str, major: u32, minor: u32) -> &mut Self {
         self.nodes.insert(key(dest), Node::CharDev { major, minor });
         self
-    }
-
-    /// Copies a directory tree: files, subdirectories and symlinks (kept as symlinks).
-    pub fn copy_tree(&mut self, dest: &str, source: &Path) -> Result<&mut Self> {
-        self.dir(dest);
-        let entries = std::fs::read_dir(source)
-            .with_context(|| format!("cannot list {}", source.display()))?;
-        for entry in entries {
-            let entry = entry?;
-            let path = entry.path();
-            let name = format!("{}/{}", key(dest), entry.file_name().to_string_lossy());
-            let kind = entry.file_type()?;
-            if kind.is_symlink() {
-                let target = std::fs::read_link(&path)?;
-                self.symlink(&name, &target.to_string_lossy());
-            } else if kind.is_dir() {
-                self.copy_tree(&name, &path)?;
-            } else {
-                self.copy(&name, &path)?;
-            }
-        }
-        Ok(self)
     }
 
     /// A digest of everything that goes into the archive (source files by path, size
@@ -142,7 +121,8 @@ impl Initramfs {
     /// Writes the archive to `path` (atomically).
     pub fn write(&self, path: &Path, compression: Compression) -> Result<()> {
         let tmp = path.with_extension("partial");
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let out = BufWriter::with_capacity(1 << 20, file);
         match compression {
             Compression::None => {

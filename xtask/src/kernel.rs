@@ -42,7 +42,8 @@ pub fn prepare(cache: &Path) -> Result<Kernel> {
         .context("odd vmlinuz name")?
         .to_owned();
     let vmlinux = dir.join("vmlinux");
-    let elf = std::fs::read(&vmlinux).with_context(|| format!("cannot read {}", vmlinux.display()))?;
+    let elf =
+        std::fs::read(&vmlinux).with_context(|| format!("cannot read {}", vmlinux.display()))?;
     let pvh_entry = vmlinux::pvh_entry(&elf)?;
     Ok(Kernel {
         modules: root.join("lib/modules").join(&release),
@@ -60,7 +61,8 @@ fn unpack(deb: &Path, dir: &Path, package: &DebPackage) -> Result<()> {
     let root = dir.join("root");
     apt::extract(deb, &root)?;
     let bzimage = find_vmlinuz(&root.join("boot"))?;
-    let image = std::fs::read(&bzimage).with_context(|| format!("cannot read {}", bzimage.display()))?;
+    let image =
+        std::fs::read(&bzimage).with_context(|| format!("cannot read {}", bzimage.display()))?;
     let elf = vmlinux::extract(&image)
         .with_context(|| format!("cannot extract vmlinux from {}", bzimage.display()))?;
     vmlinux::pvh_entry(&elf)?;

@@ -20,7 +20,11 @@ pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         {
             return Ok(Vec::new());
         }
-        bail!("ldd {} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ldd {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     parse(&text).with_context(|| format!("ldd {}", binary.display()))
 }

@@ -68,7 +68,12 @@ impl ModuleTree {
         Ok(resolved)
     }
 
-    fn visit(&self, name: &str, done: &mut HashSet<String>, order: &mut Vec<PathBuf>) -> Result<()> {
+    fn visit(
+        &self,
+        name: &str,
+        done: &mut HashSet<String>,
+        order: &mut Vec<PathBuf>,
+    ) -> Result<()> {
         if !done.insert(name.to_owned()) || self.builtin.contains(name) {
             return Ok(());
         }
@@ -105,7 +110,12 @@ fn depends(ko: &Path) -> Result<Vec<String>> {
     Ok(modinfo
         .split(|&b| b == 0)
         .filter_map(|kv| kv.strip_prefix(b"depends="))
-        .flat_map(|deps| String::from_utf8_lossy(deps).into_owned().split(',').map(normalize).collect::<Vec<_>>())
+        .flat_map(|deps| {
+            String::from_utf8_lossy(deps)
+                .split(',')
+                .map(normalize)
+                .collect::<Vec<_>>()
+        })
         .filter(|d| !d.is_empty())
         .collect())
 }

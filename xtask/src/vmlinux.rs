@@ -175,16 +175,15 @@ mod tests {
 
     #[test]
     fn lz4_legacy_round_trip() {
-        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let block = lz4_flex::block::compress(&data);
         let mut payload = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
         payload.extend_from_slice(&(block.len() as u32).to_le_bytes());
         payload.extend_from_slice(&block);
         payload.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        assert_eq!(
-            decompress(&payload, data.len()).expect("decompress"),
-            data
-        );
+        assert_eq!(decompress(&payload, data.len()).expect("decompress"), data);
     }
 
     #[test]

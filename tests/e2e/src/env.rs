@@ -1,0 +1,75 @@
+//! The contract between `cargo xtask e2e` and the tests: environment variables.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use crate::Error;
+
+/// Paths the tests use, from the environment `cargo xtask e2e` sets (in both modes).
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    /// `SKIFF_BIN`: the `skiff` binary (may not exist while the VMM is being written).
+    pub skiff_bin: PathBuf,
+    /// `SKIFF_KERNEL`: the guest kernel as a bzImage.
+    pub kernel: PathBuf,
+    /// `SKIFF_VMLINUX`: the same kernel as an ELF with a PVH entry note.
+    pub vmlinux: PathBuf,
+    /// `SKIFF_INITRD`: the guest initramfs (busybox, virtio modules, `/init`).
+    pub initrd: PathBuf,
+    /// `SKIFF_QEMU`: `qemu-system-x86_64`, the reference VMM.
+    pub qemu: PathBuf,
+    /// `SKIFF_QEMU_DATADIR`: QEMU's firmware directory (for `-L`).
+    pub qemu_datadir: PathBuf,
+    /// `SKIFF_MKE2FS`: `mke2fs` from e2fsprogs, to build ext4 disk images.
+    pub mke2fs: PathBuf,
+    /// `SKIFF_E2E_TMP`: a scratch directory for disk images, sockets and the like.
+    pub tmp: PathBuf,
+}
+
+static ENV: OnceLock<Result<TestEnv, Error>> = OnceLock::new();
+
+fn var(name: &'static str) -> Result<PathBuf, Error> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .ok_or(Error::Env { var: name })
+}
+
+impl TestEnv {
+    /// Reads the environment (once per process).
+    pub fn try_get() -> Result<&'static TestEnv, Error> {
+        ENV.get_or_init(|| {
+            let env = TestEnv {
+                skiff_bin: var("SKIFF_BIN")?,
+                kernel: var("SKIFF_KERNEL")?,
+                vmlinux: var("SKIFF_VMLINUX")?,
+                initrd: var("SKIFF_INITRD")?,
+                qemu: var("SKIFF_QEMU")?,
+                qemu_datadir: var("SKIFF_QEMU_DATADIR")?,
+                mke2fs: var("SKIFF_MKE2FS")?,
+                tmp: var("SKIFF_E2E_TMP")?,
+            };
+            std::fs::create_dir_all(&env.tmp)
+                .map_err(|e| Error::io(format!("cannot create {}", env.tmp.display()), e))?;
+            Ok(env)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+    }
+
+    /// Like [`TestEnv::try_get`], but panics with the reason: tests call this.
+    pub fn get() -> &'static TestEnv {
+        match Self::try_get() {
+            Ok(env) => env,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// A fresh scratch path under `SKIFF_E2E_TMP` (unique per call, not created).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.tmp.join(format!("{}-{n}-{name}", std::process::id()))
+    }
+}
