@@ -1,7 +1,79 @@
-//! todo
-use std::process::ExitCode;
+//! `cargo xtask demo`: boots real Linux guests (with Skiff when its binary is built,
+//! and with QEMU for comparison) and shows their consoles, in the emulated host or
+//! directly.
+
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::e2e::{self, direct_env, emulated_env};
+use crate::host::{self, layout, BootOptions, Payload, Stream};
+use crate::mode::Mode;
+use crate::{apt, assets, cmd, paths, ModeOpt};
+
+const DEMO_BIN: &str = "skiff-demo";
+
 #[derive(clap::Args)]
-pub struct DemoArgs {}
-pub fn main(_a: DemoArgs) -> anyhow::Result<ExitCode> {
-    todo!()
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub mode: ModeOpt,
+}
+
+pub fn main(args: DemoArgs) -> Result<ExitCode> {
+    apt::ensure_installed(apt::HOST_PACKAGES)?;
+    let mode = args.mode.mode.resolve()?;
+    let assets = assets::prepare()?;
+    let binaries = e2e::skiff_binaries(true)?;
+    let demo = build_demo()?;
+    let status = match mode {
+        Mode::Direct => Command::new(&demo)
+            .envs(direct_env(&assets)?)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run {}", demo.display()))?
+            .code()
+            .unwrap_or(1),
+        Mode::Emulated => {
+            println!(
+                "Booting the emulated AMD-V host (QEMU, software CPU); guests run on its KVM."
+            );
+            let mut payload = Payload::default();
+            payload.add_release_binaries(&binaries)?;
+            let exe = format!("{}/{DEMO_BIN}", layout::BIN_DIR);
+            payload.add_binary(&exe, &demo)?;
+            for (key, value) in emulated_env() {
+                payload.env(key, &value);
+            }
+            payload.command = Some(vec![exe]);
+            let options = BootOptions {
+                memory: "8G".into(),
+                timeout: Some(Duration::from_secs(600)),
+                stream: Stream::Plain,
+            };
+            host::boot(&assets, &payload, &options)?
+        }
+    };
+    Ok(crate::exit_code(status))
+}
+
+fn build_demo() -> Result<std::path::PathBuf> {
+    cmd::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "skiff-e2e",
+                "--bin",
+                DEMO_BIN,
+            ])
+            .current_dir(paths::workspace()),
+    )?;
+    let path = paths::target_dir().join("release").join(DEMO_BIN);
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
 }

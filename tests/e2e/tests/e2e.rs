@@ -5,3 +5,5 @@
 mod boot;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/vmm.rs"]
+mod vmm;

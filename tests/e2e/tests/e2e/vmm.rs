@@ -1,0 +1,300 @@
+//! The VMM core (issue 3): Debian's stock kernel boots with `skiff run` as bzImage and as
+//! PVH vmlinux, with several vCPU counts and memory sizes; the guest's way of stopping
+//! decides the exit status; bad input gets one clear line and nothing left behind.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use skiff_e2e::{GuestSpec, KernelKind, Signal, TestEnv, Vmm, INIT_READY};
+
+/// Exit statuses of `skiff run` (crates/skiff-vmm/src/exit.rs).
+const EXIT_GUEST_PANIC: i32 = 3;
+const EXIT_GUEST_RESET: i32 = 5;
+
+/// Boots, runs `nproc`, `MemTotal` and `/proc/cmdline` in the guest, and checks them.
+fn check_topology(kernel: KernelKind, vcpus: u32, memory_mib: u32) {
+    let out = GuestSpec::new(Vmm::Skiff)
+        .kernel(kernel)
+        .vcpus(vcpus)
+        .memory_mib(memory_mib)
+        .cmdline("skiff.test=topology")
+        .cmd("nproc; grep MemTotal /proc/meminfo; cat /proc/cmdline")
+        .run_ok();
+    let output = out.command_output();
+    let mut lines = output.lines();
+    let nproc: u32 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(nproc, vcpus, "nproc\n{out}");
+    let mem_total_kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // The kernel keeps some memory for itself; what it reports must be most of it.
+    let configured_kib = u64::from(memory_mib) * 1024;
+    assert!(
+        mem_total_kib <= configured_kib && mem_total_kib * 100 >= configured_kib * 80,
+        "MemTotal {mem_total_kib} kB for {memory_mib} MiB\n{out}"
+    );
+    let cmdline = lines.next().unwrap_or_default();
+    assert!(cmdline.contains("skiff.test=topology"), "cmdline\n{out}");
+}
+
+#[test]
+fn bzimage_boots_with_1_vcpu() {
+    check_topology(KernelKind::BzImage, 1, 256);
+}
+
+#[test]
+fn bzimage_boots_with_2_vcpus() {
+    check_topology(KernelKind::BzImage, 2, 256);
+}
+
+#[test]
+fn bzimage_boots_with_4_vcpus_and_odd_memory() {
+    check_topology(KernelKind::BzImage, 4, 300);
+}
+
+#[test]
+fn vmlinux_boots_through_pvh() {
+    check_topology(KernelKind::Vmlinux, 2, 256);
+}
+
+#[test]
+fn memory_above_the_mmio_hole_is_usable() {
+    // 3.5 GiB: the last half GiB lands above 4 GiB, past the MMIO hole.
+    check_topology(KernelKind::BzImage, 1, 3584);
+}
+
+#[test]
+fn guest_poweroff_exits_zero() {
+    let out = GuestSpec::new(Vmm::Skiff)
+        .cmd("poweroff -f")
+        .run()
+        .expect("guest runs");
+    assert_eq!(out.vmm_status.code(), Some(0), "{out}");
+    assert_eq!(
+        out.guest_status, None,
+        "poweroff -f ends the guest before init does\n{out}"
+    );
+}
+
+#[test]
+fn guest_panic_exits_nonzero_with_a_message() {
+    let out = GuestSpec::new(Vmm::Skiff)
+        .cmd("echo c > /proc/sysrq-trigger")
+        .run()
+        .expect("guest runs");
+    assert_eq!(out.vmm_status.code(), Some(EXIT_GUEST_PANIC), "{out}");
+    assert!(out.vmm_stderr.contains("guest kernel panicked"), "{out}");
+}
+
+#[test]
+fn guest_reboot_stops_the_vm_and_says_so() {
+    let out = GuestSpec::new(Vmm::Skiff)
+        .cmd("echo b > /proc/sysrq-trigger")
+        .run()
+        .expect("guest runs");
+    assert_eq!(out.vmm_status.code(), Some(EXIT_GUEST_RESET), "{out}");
+    assert!(out.vmm_stderr.contains("reboot"), "{out}");
+}
+
+#[test]
+fn sigterm_stops_the_vmm_cleanly() {
+    let mut vm = GuestSpec::new(Vmm::Skiff)
+        .no_poweroff()
+        .cmd("sleep 600")
+        .spawn()
+        .expect("spawn");
+    vm.wait_for(INIT_READY, Duration::from_secs(120))
+        .expect("guest boots");
+    vm.signal(Signal::Term).expect("signal");
+    let out = vm
+        .wait(Duration::from_secs(20))
+        .expect("VMM exits on SIGTERM");
+    assert_eq!(out.vmm_status.code(), Some(0), "{out}");
+    assert!(out.vmm_stderr.contains("signal 15"), "{out}");
+}
+
+#[test]
+fn control_socket_pauses_and_resumes_the_guest() {
+    let env = TestEnv::get();
+    let socket = env.scratch("control-pause.sock");
+    let mut vm = GuestSpec::new(Vmm::Skiff)
+        .vmm_arg("--control-socket")
+        .vmm_arg(&socket)
+        .no_poweroff()
+        .cmd("i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done")
+        .spawn()
+        .expect("spawn");
+    vm.wait_for("tick 3", Duration::from_secs(120))
+        .expect("ticks");
+    let ctl = |action: &str| {
+        Command::new(&env.skiff_bin)
+            .args(["ctl", "--socket"])
+            .arg(&socket)
+            .arg(action)
+            .output()
+            .expect("skiff ctl runs")
+    };
+    assert!(ctl("pause").status.success());
+    let stats = String::from_utf8_lossy(&ctl("stats").stdout).into_owned();
+    assert!(stats.contains(r#""state": "paused""#), "{stats}");
+    let ticks_at_pause = vm.console().matches("tick").count();
+    std::thread::sleep(Duration::from_secs(3));
+    let ticks_after = vm.console().matches("tick").count();
+    // A tick already in the UART may still land; a running guest would print ~15.
+    assert!(
+        ticks_after <= ticks_at_pause + 1,
+        "{ticks_at_pause} -> {ticks_after}"
+    );
+    assert!(ctl("resume").status.success());
+    let next = format!("tick {}", ticks_after + 3);
+    vm.wait_for(&next, Duration::from_secs(30))
+        .expect("ticks again after resume");
+    assert!(ctl("stop").status.success());
+    let out = vm.wait(Duration::from_secs(20)).expect("stops");
+    assert_eq!(out.vmm_status.code(), Some(0), "{out}");
+}
+
+/// Runs `skiff run` with `args` (and `setup` in the child before exec) and checks that it
+/// fails with exactly one line on stderr containing `expected`.
+fn assert_refused(args: &[&str], expected: &str, setup: Option<fn() -> std::io::Result<()>>) {
+    let env = TestEnv::get();
+    let mut cmd = Command::new(&env.skiff_bin);
+    cmd.arg("run").args(args);
+    if let Some(setup) = setup {
+        // SAFETY: the closure only makes async-signal-safe system calls (unshare, mount,
+        // mkdir) between fork and exec.
+        unsafe { cmd.pre_exec(setup) };
+    }
+    let Output { status, stderr, .. } = cmd.output().expect("skiff runs");
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(!status.success(), "{args:?} succeeded");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line, got:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in {stderr}"
+    );
+}
+
+fn kernel() -> String {
+    TestEnv::get().kernel.display().to_string()
+}
+
+#[test]
+fn missing_or_unreadable_kernel_is_refused() {
+    assert_refused(
+        &["--kernel", "/nonexistent/vmlinuz"],
+        "cannot read kernel",
+        None,
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_refused() {
+    let env = TestEnv::get();
+    let text = env.scratch("not-a-kernel.txt");
+    std::fs::write(&text, "hello, I am not a kernel\n").expect("write");
+    assert_refused(
+        &["--kernel", &text.display().to_string()],
+        "is not a Linux kernel",
+        None,
+    );
+    // An ELF without a PVH note: the skiff binary itself.
+    assert_refused(
+        &["--kernel", &env.skiff_bin.display().to_string()],
+        "without a PVH entry note",
+        None,
+    );
+}
+
+#[test]
+fn more_vcpus_than_kvm_allows_are_refused() {
+    assert_refused(
+        &["--kernel", &kernel(), "--vcpus", "4096"],
+        "KVM allows at most",
+        None,
+    );
+}
+
+#[test]
+fn more_memory_than_the_host_has_is_refused() {
+    assert_refused(
+        &["--kernel", &kernel(), "--memory", "100T"],
+        "MiB of RAM and swap",
+        None,
+    );
+}
+
+#[test]
+fn a_host_without_kvm_is_named() {
+    fn hide_dev_kvm() -> std::io::Result<()> {
+        private_mount_namespace()?;
+        mount_tmpfs(c"/dev")
+    }
+    assert_refused(
+        &["--kernel", &kernel()],
+        "/dev/kvm does not exist",
+        Some(hide_dev_kvm),
+    );
+}
+
+#[test]
+fn a_kvm_without_hardware_virtualization_is_named() {
+    fn fake_kvm_pvm() -> std::io::Result<()> {
+        private_mount_namespace()?;
+        mount_tmpfs(c"/sys/module")?;
+        // SAFETY: a valid NUL-terminated path.
+        if unsafe { libc::mkdir(c"/sys/module/kvm_pvm".as_ptr(), 0o755) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    assert_refused(&["--kernel", &kernel()], "kvm_pvm", Some(fake_kvm_pvm));
+}
+
+fn private_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: plain system calls on constant arguments.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let none = c"none";
+        if libc::mount(
+            none.as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn mount_tmpfs(target: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: valid NUL-terminated strings; mounting in a private namespace.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
