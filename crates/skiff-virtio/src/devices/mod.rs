@@ -1,0 +1,4 @@
+//! One folder per device.
+
+pub mod block;
+pub mod rng;

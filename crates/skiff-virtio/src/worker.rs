@@ -1,0 +1,86 @@
+//! Each device runs on its own worker thread, woken through epoll by its queue
+//! notification eventfds (which KVM signals directly through ioeventfd), so the vCPU
+//! threads never process queues and a slow disk does not hold up other devices.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use skiff_pci::msix::lock;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device::VirtioDevice;
+
+/// A running worker; dropping the handle does not stop it, [`Worker::stop`] does.
+pub struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts a thread that calls `process_queue(i)` whenever `notify[i]` fires.
+    pub fn spawn(
+        name: &str,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        notify: Vec<EventFd>,
+    ) -> io::Result<Worker> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        for (i, event) in notify.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                event.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        let stop_token = notify.len() as u64;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, stop_token),
+        )?;
+        let thread = thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || run(epoll, device, notify, stop_token))?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(epoll: Epoll, device: Arc<Mutex<dyn VirtioDevice>>, notify: Vec<EventFd>, stop: u64) {
+    let mut events = vec![EpollEvent::default(); notify.len() + 1];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("device worker: epoll failed: {e}");
+                return;
+            }
+        };
+        for event in &events[..n] {
+            let token = event.data();
+            if token == stop {
+                return;
+            }
+            let index = token as usize;
+            if let Some(fd) = notify.get(index) {
+                // Non-blocking: a spurious wake-up reads EAGAIN, which is fine.
+                let _ = fd.read();
+                lock(&device).process_queue(index);
+            }
+        }
+    }
+}
