@@ -121,10 +121,33 @@ pub fn resolve_meta(meta: &str, prefix: &str) -> Result<DebPackage> {
     bail!("{meta} depends on no `{prefix}*` package: {depends}")
 }
 
+/// `apt-cache show` of the candidate version. apt-cache takes most of a second per call
+/// here, so records are cached, keyed by the modification time of apt's lists (which
+/// `apt-get update` changes).
 fn show(spec: &str) -> Result<String> {
+    let stamp = std::fs::metadata("/var/lib/apt/lists")
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| format!("lists-mtime {}.{:09}\n", d.as_secs(), d.subsec_nanos()));
+    let cached = paths::cache()?
+        .join("apt-records")
+        .join(spec.replace(['/', ':'], "_"));
+    if let Some(stamp) = &stamp {
+        if let Some(record) = std::fs::read_to_string(&cached)
+            .ok()
+            .and_then(|c| c.strip_prefix(stamp.as_str()).map(str::to_owned))
+        {
+            return Ok(record);
+        }
+    }
     let out = cmd::output(Command::new("apt-cache").args(["show", "--no-all-versions", spec]))?;
     if out.trim().is_empty() {
         bail!("apt-cache knows no {spec}");
+    }
+    if let (Some(stamp), Some(dir)) = (stamp, cached.parent()) {
+        paths::create_dir(dir)?;
+        paths::write_atomic(&cached, format!("{stamp}{out}").as_bytes())?;
     }
     Ok(out)
 }

@@ -49,12 +49,14 @@ fn busybox(cache: &Path) -> Result<(DebPackage, PathBuf)> {
         .join("busybox")
         .join(package.version.replace(':', "%3a"));
     let stamp = dir.join("READY");
-    if !std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == package.sha256) {
+    let binary = dir.join("root/bin/busybox");
+    if !std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == package.sha256)
+        || !binary.exists()
+    {
         paths::remove(&dir)?;
         apt::extract(&deb, &dir.join("root"))?;
         paths::write_atomic(&stamp, package.sha256.as_bytes())?;
     }
-    let binary = dir.join("root/bin/busybox");
     binary
         .exists()
         .then_some(())

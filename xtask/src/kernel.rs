@@ -29,7 +29,9 @@ pub fn prepare(cache: &Path) -> Result<Kernel> {
         .join("kernel")
         .join(format!("{}_{}", package.name, package.version));
     let stamp = dir.join("READY");
-    let current = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == package.sha256);
+    let current = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == package.sha256)
+        && dir.join("vmlinux").exists()
+        && find_vmlinuz(&dir.join("root/boot")).is_ok();
     if !current {
         unpack(&deb, &dir, &package)?;
     }
