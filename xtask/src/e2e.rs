@@ -19,7 +19,7 @@ const NOT_SKIFF: &[&str] = &["xtask", "skiff-e2e", "skiff-guest-tool"];
 /// The test target of the skiff-e2e crate.
 const TEST_TARGET: &str = "e2e";
 /// The test executable's name inside the emulated host.
-const TEST_EXE: &str = "skiff-e2e-tests";
+pub const TEST_EXE: &str = "skiff-e2e-tests";
 
 #[derive(clap::Args)]
 pub struct E2eArgs {

@@ -153,12 +153,22 @@ pub fn cached_archive(
         return Ok(path);
     }
     eprintln!("building {}", path.display());
+    fs.write(&path, compression)?;
+    // Drop superseded archives, but not ones another xtask run may be using right now.
+    let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for entry in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
-        let file = entry.file_name();
-        if file.to_string_lossy().starts_with(&format!("{name}-")) {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < stale);
+        if old
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+        {
             paths::remove(&entry.path())?;
         }
     }
-    fs.write(&path, compression)?;
     Ok(path)
 }

@@ -89,6 +89,19 @@ pub fn main(args: HostArgs) -> Result<ExitCode> {
     let assets = assets::prepare()?;
     let mut payload = Payload::default();
     payload.add_release_binaries(&crate::e2e::skiff_binaries(false)?)?;
+    // The e2e tests and the contract's environment, to run tests by hand in there.
+    let tests = crate::e2e::build_tests()?;
+    payload.add_binary(
+        &format!("{}/{}", layout::BIN_DIR, crate::e2e::TEST_EXE),
+        &tests,
+    )?;
+    for (key, value) in crate::e2e::emulated_env() {
+        payload.env(key, &value);
+    }
+    payload.env(
+        "PATH",
+        &format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", layout::BIN_DIR),
+    );
     let options = BootOptions {
         memory: args.memory,
         timeout: args
@@ -324,8 +337,13 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
             d.saturating_duration_since(Instant::now())
         });
         match rx.recv_timeout(wait) {
-            Ok(line) => {
-                if let Some(status) = console.feed(line) {
+            Ok(line) => match console.feed(line) {
+                Event::Line => {}
+                Event::Up => eprintln!(
+                    "emulated host up after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ),
+                Event::Exit(status) => {
                     console.finish();
                     // The host powers off right after the marker; don't wait long for it.
                     let grace = Instant::now() + Duration::from_secs(10);
@@ -337,7 +355,7 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                     }
                     return Ok(status);
                 }
-            }
+            },
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     qemu.kill();
@@ -357,8 +375,20 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
     }
 }
 
-/// Shows console lines, hides the exit marker, and recognises it.
+/// What a console line meant.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// An ordinary line (shown).
+    Line,
+    /// The host finished booting and starts the command.
+    Up,
+    /// The command exited with this status.
+    Exit(i32),
+}
+
+/// Shows console lines, hides the markers, and recognises them.
 struct Console {
+    up: String,
     marker: String,
     stream: Stream,
     summary: Option<String>,
@@ -369,6 +399,7 @@ struct Console {
 impl Console {
     fn new(marker: &str, stream: Stream) -> Self {
         Self {
+            up: format!("{marker} up"),
             marker: format!("{marker} status="),
             stream,
             summary: None,
@@ -377,18 +408,21 @@ impl Console {
         }
     }
 
-    /// Shows a line; returns the exit status if it is the marker.
-    fn feed(&mut self, line: String) -> Option<i32> {
+    /// Shows a line unless it is a marker.
+    fn feed(&mut self, line: String) -> Event {
+        if line.trim_end().ends_with(&self.up) {
+            return Event::Up;
+        }
         if let Some(pos) = line.find(&self.marker) {
             let status = line[pos + self.marker.len()..].trim().parse().unwrap_or(1);
             let before = &line[..pos];
             if !before.trim().is_empty() {
                 self.show(before.to_owned());
             }
-            return Some(status);
+            return Event::Exit(status);
         }
         self.show(line);
-        None
+        Event::Line
     }
 
     fn show(&mut self, line: String) {
@@ -434,8 +468,9 @@ mod tests {
     #[test]
     fn recognises_the_marker() {
         let mut console = Console::new("M-1", Stream::Plain);
-        assert_eq!(console.feed("hello".into()), None);
-        assert_eq!(console.feed("M-1 status=3".into()), Some(3));
-        assert_eq!(console.feed("noise M-1 status=0".into()), Some(0));
+        assert_eq!(console.feed("hello".into()), Event::Line);
+        assert_eq!(console.feed("M-1 up".into()), Event::Up);
+        assert_eq!(console.feed("M-1 status=3".into()), Event::Exit(3));
+        assert_eq!(console.feed("noise M-1 status=0".into()), Event::Exit(0));
     }
 }

@@ -120,7 +120,7 @@ impl Initramfs {
 
     /// Writes the archive to `path` (atomically).
     pub fn write(&self, path: &Path, compression: Compression) -> Result<()> {
-        let tmp = path.with_extension("partial");
+        let tmp = paths::unique_tmp(path);
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let out = BufWriter::with_capacity(1 << 20, file);

@@ -50,7 +50,7 @@ pub fn remove(path: &Path) -> Result<()> {
 
 /// Writes `data` to `path` atomically (temporary file + rename).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = unique_tmp(path);
     std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
     rename(&tmp, path)
 }
@@ -59,4 +59,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to)
         .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
+}
+
+/// A temporary sibling of `path`, unique to this process (several engineers' xtask runs
+/// may share a cache).
+pub fn unique_tmp(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}", std::process::id()));
+    path.with_file_name(name)
 }
