@@ -228,10 +228,28 @@ fn add_with_libraries(fs: &mut Initramfs, dest: &str, source: &Path) -> Result<(
     Ok(())
 }
 
+/// Removes per-run files left behind by xtask runs that were killed (their pid is gone).
+fn remove_orphans(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("initrd-")
+            .or_else(|| name.strip_prefix("run-"))
+            .and_then(|rest| rest.strip_suffix(".cpio"));
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Writes base + per-run archive as one initrd file; returns it.
 fn initrd(assets: &Assets, payload: &Payload, marker: &str) -> Result<PathBuf> {
     let base = base_archive(assets)?;
     let dir = assets.cache.join("host");
+    remove_orphans(&dir);
     let run = dir.join(format!("run-{}.cpio", std::process::id()));
     payload.archive(marker)?.write(&run, Compression::None)?;
     let combined = dir.join(format!("initrd-{}.cpio", std::process::id()));
