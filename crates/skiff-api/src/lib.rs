@@ -7,4 +7,4 @@ mod size;
 mod spec;
 
 pub use size::{ByteSize, SizeError};
-pub use spec::{MemorySpec, SpecError, VmSpec, DEFAULT_SHARES};
+pub use spec::{DiskSpec, MemorySpec, SpecError, VmSpec, DEFAULT_SHARES};

@@ -16,6 +16,8 @@ const MAX_SPEC_VCPUS: u32 = 4096;
 /// The smallest guest that can hold a kernel, its page tables and an initramfs.
 const MIN_MEMORY: ByteSize = ByteSize::from_mib(16);
 const PAGE_SIZE: u64 = 4096;
+/// virtio-blk serial numbers are 20 bytes.
+const MAX_DISK_ID: usize = 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +34,59 @@ pub struct VmSpec {
     pub initrd: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cmdline: String,
+    /// Raw disk images, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskSpec>,
+    /// A virtio-rng device fed from the host's getrandom.
+    #[serde(default = "default_true")]
+    pub rng: bool,
+}
+
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// The serial number the guest reads (at most 20 bytes); default `vda`, `vdb`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The command-line form: `path=IMG[,ro][,id=NAME]` (a bare `IMG` first works too).
+impl std::str::FromStr for DiskSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut disk = DiskSpec {
+            path: PathBuf::new(),
+            read_only: false,
+            id: None,
+        };
+        for (i, part) in s.split(',').enumerate() {
+            match part.split_once('=') {
+                Some(("path", p)) => disk.path = PathBuf::from(p),
+                Some(("id", id)) => disk.id = Some(id.to_string()),
+                None if part == "ro" => disk.read_only = true,
+                None if part == "rw" => disk.read_only = false,
+                None if i == 0 => disk.path = PathBuf::from(part),
+                _ => {
+                    return Err(format!(
+                        "unknown disk option `{part}` (expected path=IMG, ro, id=NAME)"
+                    ))
+                }
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err("a disk needs path=IMG".into());
+        }
+        Ok(disk)
+    }
 }
 
 /// Guest memory. `size` is what the guest sees (ESX's max); `min` is what is always reserved
@@ -175,6 +230,17 @@ impl VmSpec {
         if self.cmdline.contains('\0') {
             return Err(SpecError::invalid("cmdline", "must not contain NUL"));
         }
+        for disk in &self.disks {
+            if disk.path.as_os_str().is_empty() {
+                return Err(SpecError::invalid("disks.path", "must name an image file"));
+            }
+            if disk.id.as_ref().is_some_and(|id| id.len() > MAX_DISK_ID) {
+                return Err(SpecError::invalid(
+                    "disks.id",
+                    format!("must be at most {MAX_DISK_ID} bytes"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -231,6 +297,53 @@ mod tests {
 
     #[test]
     fn json_and_toml_agree() {
+    #[test]
+    fn disks_and_rng() {
+        let spec = VmSpec::from_toml(
+            r#"
+            kernel = "/k"
+            memory = "256M"
+            rng = false
+            [[disks]]
+            path = "/img/root.ext4"
+            [[disks]]
+            path = "/img/data.raw"
+            read_only = true
+            id = "data"
+        "#,
+        )
+        .expect("valid spec");
+        assert!(!spec.rng);
+        assert_eq!(spec.disks.len(), 2);
+        assert!(spec.disks[1].read_only && !spec.disks[0].read_only);
+        assert_eq!(spec.disks[1].id.as_deref(), Some("data"));
+        assert!(
+            VmSpec::from_toml(MINIMAL).expect("minimal").rng,
+            "rng is on by default"
+        );
+        let long_id = r#"{"kernel":"/k","memory":"256M","disks":[{"path":"/d","id":"123456789012345678901"}]}"#;
+        assert_eq!(
+            VmSpec::from_json(long_id).expect_err("too long").field(),
+            Some("disks.id")
+        );
+    }
+
+    #[test]
+    fn disk_flag_syntax() {
+        let d: DiskSpec = "path=/a.img,ro,id=root".parse().expect("valid");
+        assert_eq!(
+            (d.path.to_str(), d.read_only, d.id.as_deref()),
+            (Some("/a.img"), true, Some("root"))
+        );
+        let bare: DiskSpec = "/b.img".parse().expect("valid");
+        assert_eq!(
+            (bare.path.to_str(), bare.read_only),
+            (Some("/b.img"), false)
+        );
+        assert!("ro".parse::<DiskSpec>().is_err());
+        assert!("path=/a,cache=none".parse::<DiskSpec>().is_err());
+    }
+
         let json = VmSpec::from_json(r#"{"kernel": "/boot/vmlinuz", "memory": 256}"#)
             .expect("valid json");
         assert_eq!(json, VmSpec::from_toml(MINIMAL).expect("valid toml"));

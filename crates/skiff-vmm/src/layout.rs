@@ -29,6 +29,12 @@ pub const HIGH_RAM: u64 = 0x100000;
 /// Guest RAM above this moves to above 4 GiB, leaving a hole for MMIO (PCI, APICs).
 pub const MMIO_HOLE_START: u64 = 3 << 30;
 pub const MMIO_HOLE_END: u64 = 4 << 30;
+/// PCI: the host bridge's memory window, where BARs are assigned (32-bit, so guests need
+/// no 64-bit BAR support and the window never moves with the RAM size), then ECAM for bus 0.
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO_END: u64 = 0xe000_0000;
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// KVM needs three pages for the TSS and one for the identity map below 4 GiB on Intel.
@@ -43,6 +49,8 @@ pub const CMOS_PORT: u16 = 0x70;
 pub const CMOS_IRQ: u32 = 8;
 /// pvpanic: the guest writes here when it panics (QEMU0001 in the DSDT).
 pub const PVPANIC_PORT: u16 = 0x505;
+/// PCI configuration mechanism #1 (0xCF8 address, 0xCFC data).
+pub const PCI_CONFIG_PORT: u16 = 0xcf8;
 /// ACPI hardware-reduced sleep control/status and reset registers (FADT).
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;

@@ -14,6 +14,8 @@ pub mod handle;
 pub mod host;
 pub mod layout;
 pub mod memory;
+pub mod mmio;
+pub mod pci;
 pub mod vm;
 
 pub use exit::{ExitSender, VmExit};
@@ -38,6 +40,8 @@ pub enum VmmError {
     },
     #[error(transparent)]
     IoBus(#[from] devices::iobus::OverlapError),
+    #[error(transparent)]
+    Devices(#[from] pci::DeviceError),
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("cannot start a thread: {0}")]

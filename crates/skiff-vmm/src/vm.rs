@@ -26,6 +26,8 @@ use crate::layout::{
     KVM_TSS_ADDR, PVPANIC_PORT,
 };
 use crate::memory::{GuestRam, RamOptions};
+use crate::mmio::MmioBus;
+use crate::pci::{self, DiskConfig, PciConfig, PciDevices};
 use crate::VmmError;
 
 /// Everything `skiff run` needs to build a VM.
@@ -40,6 +42,8 @@ pub struct VmConfig {
     pub mergeable: bool,
     /// Run even on a KVM without hardware virtualization (kvm_pvm).
     pub allow_slow_kvm: bool,
+    /// Paravirtual devices on PCI (virtio-rng, disks).
+    pub devices: PciConfig,
 }
 
 impl VmConfig {
@@ -52,6 +56,18 @@ impl VmConfig {
             cmdline: spec.cmdline.clone(),
             mergeable: true,
             allow_slow_kvm: false,
+            devices: PciConfig {
+                rng: spec.rng,
+                disks: spec
+                    .disks
+                    .iter()
+                    .map(|d| DiskConfig {
+                        path: d.path.clone(),
+                        read_only: d.read_only,
+                        id: d.id.clone(),
+                    })
+                    .collect(),
+            },
         }
     }
 }
@@ -60,13 +76,14 @@ impl VmConfig {
 pub struct Vm {
     // Kept open for the VM's lifetime: the VM and vCPU fds refer to it.
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     ram: GuestRam,
     serial: Shared<SerialDevice>,
     exits: ExitSender,
     exit_rx: mpsc::Receiver<VmExit>,
     vcpus: Vec<Vcpu>,
     control: Arc<RunControl>,
+    devices: PciDevices,
 }
 
 impl Vm {
@@ -76,7 +93,7 @@ impl Vm {
         host::check_vcpus(&kvm, config.vcpus)?;
         host::check_memory(config.memory_bytes)?;
 
-        let vm_fd = kvm.create_vm().map_err(VmmError::kvm("create VM"))?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(VmmError::kvm("create VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(VmmError::kvm("set TSS address"))?;
@@ -115,8 +132,11 @@ impl Vm {
         }
 
         let (exits, exit_rx) = ExitSender::channel();
-        let (io_bus, serial) = platform_devices(&vm_fd, &exits, console)?;
+        let (mut io_bus, serial) = platform_devices(&vm_fd, &exits, console)?;
+        let mut mmio_bus = MmioBus::default();
+        let devices = pci::attach(&vm_fd, &ram, &config.devices, &mut io_bus, &mut mmio_bus)?;
         let io_bus = Arc::new(io_bus);
+        let mmio_bus = Arc::new(mmio_bus);
 
         let boot_spec = BootSpec {
             kernel: &config.kernel,
@@ -137,6 +157,7 @@ impl Vm {
                 .create_vcpu(u64::from(id))
                 .map_err(VmmError::kvm("create vCPU"))?;
             let mut vcpu = Vcpu::new(id, fd, io_bus.clone(), exits.clone(), control.clone());
+            vcpu.set_mmio_bus(mmio_bus.clone());
             vcpu.configure(&supported, config.vcpus, (id == 0).then_some(&entry))?;
             vcpus.push(vcpu);
         }
@@ -150,6 +171,7 @@ impl Vm {
             exit_rx,
             vcpus,
             control,
+            devices,
         })
     }
 
@@ -167,6 +189,11 @@ impl Vm {
         &self.ram
     }
 
+    /// The paravirtual devices, by name.
+    pub fn devices(&self) -> &PciDevices {
+        &self.devices
+    }
+
     /// Starts the vCPUs. The guest runs until [`RunningVm::wait`] reports why it stopped.
     pub fn start(self) -> Result<RunningVm, VmmError> {
         let Vm {
@@ -177,6 +204,7 @@ impl Vm {
             exit_rx,
             vcpus,
             control,
+            devices,
             ..
         } = self;
         let vcpu_count = vcpus.len() as u32;
@@ -197,6 +225,7 @@ impl Vm {
             _vm_fd,
             exit_rx,
             handle: VmHandle::new(control, threads, ram, exits, vcpu_count),
+            devices,
         })
     }
 }
@@ -205,15 +234,22 @@ impl Vm {
 pub struct RunningVm {
     // KVM objects stay open until the process ends: vCPU threads still use them.
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     exit_rx: mpsc::Receiver<VmExit>,
     handle: VmHandle,
+    /// The PCI devices; their worker threads run until the process ends.
+    devices: PciDevices,
 }
 
 impl RunningVm {
     /// Control over the running VM (pause, resume, stats, stop), for other threads.
     pub fn handle(&self) -> VmHandle {
         self.handle.clone()
+    }
+
+    /// The paravirtual devices, by name.
+    pub fn devices(&self) -> &PciDevices {
+        &self.devices
     }
 
     /// Blocks until the first reason to stop. The vCPU threads are left as they are: the

@@ -37,6 +37,12 @@ pub struct RunArgs {
     /// Run even on a KVM without hardware virtualization (extremely slow guests).
     #[arg(long)]
     allow_slow_kvm: bool,
+    /// A virtio-blk disk: `path=IMG[,ro][,id=SERIAL]`; repeat for more (vda, vdb, ...).
+    #[arg(long = "disk", value_name = "path=IMG[,ro][,id=SERIAL]")]
+    disks: Vec<skiff_api::DiskSpec>,
+    /// No virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
     /// Serve the control protocol (stats, pause, resume, stop) on this unix socket.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -53,6 +59,8 @@ impl RunArgs {
                 kernel: PathBuf::new(),
                 initrd: None,
                 cmdline: DEFAULT_CMDLINE.to_string(),
+                disks: Vec::new(),
+                rng: true,
             },
         };
         if let Some(kernel) = &self.kernel {
@@ -69,6 +77,10 @@ impl RunArgs {
         }
         if let Some(memory) = self.memory {
             spec.memory.size = memory;
+        }
+        spec.disks.extend(self.disks.iter().cloned());
+        if self.no_rng {
+            spec.rng = false;
         }
         if spec.kernel.as_os_str().is_empty() {
             anyhow::bail!("no kernel: pass --kernel PATH or a spec file with `kernel`");

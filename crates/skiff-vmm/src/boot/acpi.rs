@@ -45,10 +45,12 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u32) -> Result<GuestAddress, A
     let dsdt_addr = writer.put(dsdt.as_slice())?;
     let fadt_addr = writer.put(&to_bytes(&fadt(dsdt_addr)))?;
     let madt_addr = writer.put(madt.as_slice())?;
+    let mcfg_addr = writer.put(&crate::pci::acpi::mcfg(OEM_ID, OEM_TABLE_ID, OEM_REVISION))?;
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let xsdt_addr = writer.put(&to_bytes(&xsdt))?;
 
     let rsdp = Rsdp::new(OEM_ID, xsdt_addr);
@@ -130,7 +132,9 @@ fn dsdt() -> Sdt {
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
     let (com1, rtc, pvpanic) = (com1.aml(), rtc.aml(), pvpanic.aml());
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic])
+    // The PCI host bridge and its ECAM reservation (crate::pci::acpi).
+    let pci = RawAml(crate::pci::acpi::dsdt_devices());
+    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic, &pci])
         .to_aml_bytes(&mut body);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&body);
@@ -269,7 +273,7 @@ mod tests {
             .inspect(|t| assert!(checksum_ok(t)))
             .map(|t| t[..4].to_vec())
             .collect();
-        assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
+        assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]);
         let madt = table_at(&mem, entries[1]);
         let lapics = madt[44..].chunks(8).take_while(|e| e[0] == 0).count();
         assert_eq!(lapics, 4);

@@ -11,6 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::boot::entry::{self, EntryPoint};
 use crate::devices::IoBus;
+use crate::mmio::MmioBus;
 use run_control::RunControl;
 use crate::exit::{ExitSender, VmExit};
 
@@ -36,6 +37,7 @@ pub struct Vcpu {
     id: u32,
     fd: VcpuFd,
     io: Arc<IoBus>,
+    mmio: Arc<MmioBus>,
     exits: ExitSender,
     control: Arc<RunControl>,
 }
@@ -52,9 +54,15 @@ impl Vcpu {
             id,
             fd,
             io,
+            mmio: Arc::new(MmioBus::default()),
             exits,
             control,
         }
+    }
+
+    /// Connects the MMIO bus (PCI ECAM and BARs); without it MMIO reads float high.
+    pub fn set_mmio_bus(&mut self, mmio: Arc<MmioBus>) {
+        self.mmio = mmio;
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets the kernel's entry state.
@@ -116,9 +124,8 @@ impl Vcpu {
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => self.io.read(port, data),
                 Ok(VcpuExit::IoOut(port, data)) => self.io.write(port, data),
-                // No MMIO devices yet: reads float high, writes vanish.
-                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::MmioRead(addr, data)) => self.mmio.read(addr, data),
+                Ok(VcpuExit::MmioWrite(addr, data)) => self.mmio.write(addr, data),
                 Ok(VcpuExit::Hlt) => {}
                 Ok(VcpuExit::Shutdown) => break VmExit::TripleFault { vcpu: self.id },
                 Ok(VcpuExit::FailEntry(reason, _)) => {

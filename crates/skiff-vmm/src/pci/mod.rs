@@ -1,0 +1,214 @@
+//! PCI and virtio in the VMM: the root bus wired to the port and MMIO buses, MSI-X on KVM
+//! (irqfd + GSI routing), queue notifications on ioeventfd, and the VM's virtio devices in
+//! a small typed registry, each on its own worker thread.
+
+pub mod acpi;
+pub mod bus;
+pub mod interrupts;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::VmFd;
+use skiff_pci::PciRoot;
+use skiff_virtio::devices::block::{Block, BlockOptions, DiskError, DiskFile};
+use skiff_virtio::devices::rng::Rng;
+use skiff_virtio::transport::TransportError;
+use skiff_virtio::worker::Worker;
+use skiff_virtio::{GuestMemoryProvider, SharedMemory, VirtioDevice, VirtioPciDevice};
+use vm_memory::GuestMemoryMmap;
+
+use crate::devices::IoBus;
+use crate::layout::{PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_END, PCI_MMIO_START};
+use crate::memory::GuestRam;
+use crate::mmio::{MmioBus, MmioOverlapError};
+use crate::VmmError;
+use bus::{BarWindow, ConfigPorts, Ecam};
+use interrupts::{GsiRouting, KvmMsiVectors, KvmNotifier};
+
+/// A disk as `skiff run` and the VM spec describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Serial number the guest reads (GET_ID); defaults to `vdN`-style names by position.
+    pub id: Option<String>,
+}
+
+/// Which paravirtual devices the VM gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PciConfig {
+    pub rng: bool,
+    pub disks: Vec<DiskConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("disk {index}: {source}")]
+    Disk { index: usize, source: DiskError },
+    #[error("{name}: {source}")]
+    Transport {
+        name: String,
+        source: TransportError,
+    },
+    #[error("cannot put {name} on the PCI bus: {source}")]
+    Pci {
+        name: String,
+        source: skiff_pci::PciError,
+    },
+    #[error("cannot start the worker thread of {name}: {source}")]
+    Worker {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Mmio(#[from] MmioOverlapError),
+}
+
+impl GuestMemoryProvider for GuestRam {
+    fn memory(&self) -> &GuestMemoryMmap {
+        GuestRam::memory(self)
+    }
+}
+
+/// One virtio device on the bus, with its typed back end.
+pub struct Attached<D> {
+    pub device: Arc<Mutex<D>>,
+    pub slot: u8,
+}
+
+/// The VM's PCI devices by name: no lookup by type, no downcasting.
+pub struct PciDevices {
+    pub root: bus::SharedRoot,
+    pub rng: Option<Attached<Rng>>,
+    pub disks: Vec<Attached<Block>>,
+    workers: Vec<Worker>,
+}
+
+impl PciDevices {
+    /// Stops the device worker threads (the VM is going away).
+    pub fn stop(self) {
+        for w in self.workers {
+            w.stop();
+        }
+    }
+}
+
+/// Builds the root bus and the configured devices and connects them to the VM.
+pub fn attach(
+    vm_fd: &Arc<VmFd>,
+    ram: &GuestRam,
+    config: &PciConfig,
+    io_bus: &mut IoBus,
+    mmio_bus: &mut MmioBus,
+) -> Result<PciDevices, VmmError> {
+    let root: bus::SharedRoot = Arc::new(Mutex::new(PciRoot::new(PCI_MMIO_START, PCI_MMIO_END)));
+    io_bus.register(
+        PCI_CONFIG_PORT,
+        8,
+        Arc::new(Mutex::new(ConfigPorts(root.clone()))),
+    )?;
+    mmio_bus
+        .register(PCI_ECAM_START, PCI_ECAM_SIZE, Arc::new(Ecam(root.clone())))
+        .map_err(DeviceError::from)?;
+    let window = BarWindow {
+        root: root.clone(),
+        base: PCI_MMIO_START,
+    };
+    mmio_bus
+        .register(
+            PCI_MMIO_START,
+            PCI_MMIO_END - PCI_MMIO_START,
+            Arc::new(window),
+        )
+        .map_err(DeviceError::from)?;
+
+    let mut builder = Builder {
+        vm_fd: vm_fd.clone(),
+        routing: Arc::new(GsiRouting::new(vm_fd.clone())),
+        mem: Arc::new(ram.clone()),
+        root: root.clone(),
+        workers: Vec::new(),
+    };
+    let rng = match config.rng {
+        true => Some(builder.add(Rng::default())?),
+        false => None,
+    };
+    let mut disks = Vec::with_capacity(config.disks.len());
+    for (index, disk) in config.disks.iter().enumerate() {
+        let file = DiskFile::open(&disk.path, disk.read_only)
+            .map_err(|source| DeviceError::Disk { index, source })?;
+        let options = BlockOptions {
+            read_only: disk.read_only,
+            id: disk.id.clone().unwrap_or_else(|| default_disk_id(index)),
+        };
+        disks.push(builder.add(Block::new(Box::new(file), options))?);
+    }
+    Ok(PciDevices {
+        root,
+        rng,
+        disks,
+        workers: builder.workers,
+    })
+}
+
+/// `vda`, `vdb`, ...: the names Linux will most likely give the disks, as serials.
+fn default_disk_id(index: usize) -> String {
+    let letter = (b'a' + (index % 26) as u8) as char;
+    format!("vd{letter}")
+}
+
+struct Builder {
+    vm_fd: Arc<VmFd>,
+    routing: Arc<GsiRouting>,
+    mem: SharedMemory,
+    root: bus::SharedRoot,
+    workers: Vec<Worker>,
+}
+
+impl Builder {
+    fn add<D: VirtioDevice + 'static>(&mut self, device: D) -> Result<Attached<D>, VmmError> {
+        let name = device.name().to_string();
+        let vectors = device.queue_max_sizes().len() + 1;
+        let device = Arc::new(Mutex::new(device));
+        let msi = KvmMsiVectors::new(&self.vm_fd, self.routing.clone(), vectors)?;
+        let notifier = Arc::new(KvmNotifier(self.vm_fd.clone()));
+        let transport = VirtioPciDevice::new(
+            device.clone(),
+            self.mem.clone(),
+            Arc::new(msi),
+            Some(notifier),
+        )
+        .map_err(|source| DeviceError::Transport {
+            name: name.clone(),
+            source,
+        })?;
+        let notify = transport
+            .notify_events()
+            .map_err(|source| DeviceError::Worker {
+                name: name.clone(),
+                source,
+            })?;
+        let slot = skiff_pci::msix::lock(&self.root)
+            .add_device(Arc::new(Mutex::new(transport)))
+            .map_err(|source| DeviceError::Pci {
+                name: name.clone(),
+                source,
+            })?;
+        let worker = Worker::spawn(&name, device.clone(), notify)
+            .map_err(|source| DeviceError::Worker { name, source })?;
+        self.workers.push(worker);
+        Ok(Attached { device, slot })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_disk_ids_follow_linux_names() {
+        assert_eq!(default_disk_id(0), "vda");
+        assert_eq!(default_disk_id(2), "vdc");
+    }
+}
