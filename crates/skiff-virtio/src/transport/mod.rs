@@ -375,3 +375,6 @@ fn add_virtio_cap(
     }
     config.add_capability(CAP_ID_VENDOR, &body, &[])
 }
+
+#[cfg(test)]
+mod tests;
