@@ -296,8 +296,6 @@ mod tests {
     }
 
     #[test]
-    fn json_and_toml_agree() {
-    #[test]
     fn disks_and_rng() {
         let spec = VmSpec::from_toml(
             r#"
@@ -344,6 +342,8 @@ mod tests {
         assert!("path=/a,cache=none".parse::<DiskSpec>().is_err());
     }
 
+    #[test]
+    fn json_and_toml_agree() {
         let json = VmSpec::from_json(r#"{"kernel": "/boot/vmlinuz", "memory": 256}"#)
             .expect("valid json");
         assert_eq!(json, VmSpec::from_toml(MINIMAL).expect("valid toml"));
