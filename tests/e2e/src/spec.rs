@@ -51,7 +51,7 @@ pub struct GuestSpec {
 
 impl GuestSpec {
     /// 1 vCPU, 256 MiB, bzImage for Skiff and vmlinux (PVH) for QEMU, no command,
-    /// 120 s timeout.
+    /// 60 s timeout (a guest boots in 3-6 s in the emulated host).
     pub fn new(vmm: Vmm) -> Self {
         Self {
             vmm,
@@ -64,7 +64,7 @@ impl GuestSpec {
             cmd: None,
             cmdline: Vec::new(),
             vmm_args: Vec::new(),
-            timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(60),
             poweroff: true,
         }
     }
