@@ -9,11 +9,13 @@
 mod apt;
 mod assets;
 mod cmd;
+mod console;
 mod cpio;
 mod demo;
 mod e2e;
 mod guest;
 mod host;
+mod hostfs;
 mod initramfs;
 mod kernel;
 mod ldd;
