@@ -120,11 +120,8 @@ fn qemu_command(assets: &Assets, initrd: &Path, memory: &str) -> Result<Command>
 
 /// Boots the host with an interactive shell on this terminal.
 fn interactive(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result<ExitCode> {
-    let initrd = TempFile(hostfs::initrd(
-        assets,
-        payload,
-        "SKIFF-HOST-EXIT-interactive",
-    )?);
+    // No marker: nobody parses an interactive console.
+    let initrd = TempFile(hostfs::initrd(assets, payload, "")?);
     eprintln!("booting the emulated host (Ctrl-A X quits QEMU)");
     let mut qemu = Guarded::spawn(&mut qemu_command(assets, &initrd.0, &options.memory)?)?;
     let status = qemu.child().wait().context("waiting for QEMU")?;

@@ -16,7 +16,7 @@ done </etc/skiff/modules
 ip link set lo up
 [ -r /etc/skiff/env ] && . /etc/skiff/env
 cd /root
-echo "$SKIFF_HOST_MARKER up"
+[ -n "$SKIFF_HOST_MARKER" ] && echo "$SKIFF_HOST_MARKER up"
 
 if [ -x /etc/skiff/run ]; then
     /etc/skiff/run
