@@ -124,8 +124,17 @@ fn interactive(assets: &Assets, payload: &Payload, options: &BootOptions) -> Res
     let initrd = TempFile(hostfs::initrd(assets, payload, "")?);
     eprintln!("booting the emulated host (Ctrl-A X quits QEMU)");
     let mut qemu = Guarded::spawn(&mut qemu_command(assets, &initrd.0, &options.memory)?)?;
-    let status = qemu.child().wait().context("waiting for QEMU")?;
-    Ok(crate::exit_code(status.code().unwrap_or(1)))
+    let deadline = options.timeout.map(|t| Instant::now() + t);
+    loop {
+        if let Some(status) = qemu.child().try_wait().context("waiting for QEMU")? {
+            return Ok(crate::exit_code(status.code().unwrap_or(1)));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            qemu.kill();
+            anyhow::bail!("the emulated host timed out; QEMU was killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Boots the host, runs `payload.command` in it, streams its console and returns the
