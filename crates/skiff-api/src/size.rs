@@ -58,8 +58,8 @@ impl FromStr for ByteSize {
             "t" | "tb" | "tib" => 1024 * 1024 * MIB,
             _ => return Err(SizeError::Invalid(text.to_string())),
         };
-        let bytes = parse_scaled(number, multiplier)
-            .ok_or_else(|| SizeError::Invalid(text.to_string()))?;
+        let bytes =
+            parse_scaled(number, multiplier).ok_or_else(|| SizeError::Invalid(text.to_string()))?;
         bytes
             .map(ByteSize)
             .ok_or_else(|| SizeError::Overflow(text.to_string()))
@@ -76,8 +76,7 @@ fn parse_scaled(number: &str, multiplier: u64) -> Option<Option<u64>> {
     if whole.is_empty() && fraction.is_empty() {
         return None;
     }
-    if !whole.chars().all(|c| c.is_ascii_digit()) || !fraction.chars().all(|c| c.is_ascii_digit())
-    {
+    if !whole.chars().all(|c| c.is_ascii_digit()) || !fraction.chars().all(|c| c.is_ascii_digit()) {
         return None;
     }
     let whole: u128 = if whole.is_empty() {
@@ -89,7 +88,10 @@ fn parse_scaled(number: &str, multiplier: u64) -> Option<Option<u64>> {
     if !fraction.is_empty() {
         let digits = u32::try_from(fraction.len()).ok()?;
         let scale = 10u128.checked_pow(digits)?;
-        let numerator = fraction.parse::<u128>().ok()?.checked_mul(u128::from(multiplier))?;
+        let numerator = fraction
+            .parse::<u128>()
+            .ok()?
+            .checked_mul(u128::from(multiplier))?;
         if numerator % scale != 0 {
             return None; // not a whole number of bytes
         }
@@ -101,7 +103,12 @@ fn parse_scaled(number: &str, multiplier: u64) -> Option<Option<u64>> {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        for (unit, scale) in [("T", 1024 * 1024 * MIB), ("G", 1024 * MIB), ("M", MIB), ("K", KIB)] {
+        for (unit, scale) in [
+            ("T", 1024 * 1024 * MIB),
+            ("G", 1024 * MIB),
+            ("M", MIB),
+            ("K", KIB),
+        ] {
             if b >= scale && b.is_multiple_of(scale) {
                 return write!(f, "{}{}", b / scale, unit);
             }

@@ -253,7 +253,9 @@ fn validate_name(name: &str) -> Result<(), SpecError> {
     if name.starts_with('.') || !name.chars().all(ok_char) {
         return Err(SpecError::invalid(
             "name",
-            format!("`{name}` may only hold letters, digits, '-', '_' and '.', and not start with '.'"),
+            format!(
+                "`{name}` may only hold letters, digits, '-', '_' and '.', and not start with '.'"
+            ),
         ));
     }
     Ok(())
@@ -344,18 +346,27 @@ mod tests {
 
     #[test]
     fn json_and_toml_agree() {
-        let json = VmSpec::from_json(r#"{"kernel": "/boot/vmlinuz", "memory": 256}"#)
-            .expect("valid json");
+        let json =
+            VmSpec::from_json(r#"{"kernel": "/boot/vmlinuz", "memory": 256}"#).expect("valid json");
         assert_eq!(json, VmSpec::from_toml(MINIMAL).expect("valid toml"));
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"kernel":"/k","memory":"256M","vcpus":0}"#, Some("vcpus")),
+            (
+                r#"{"kernel":"/k","memory":"256M","vcpus":0}"#,
+                Some("vcpus"),
+            ),
             (r#"{"kernel":"/k","memory":"1M"}"#, Some("memory.size")),
-            (r#"{"kernel":"/k","memory":{"size":"256M","min":"1G"}}"#, Some("memory.min")),
-            (r#"{"kernel":"/k","memory":"256M","name":"../etc"}"#, Some("name")),
+            (
+                r#"{"kernel":"/k","memory":{"size":"256M","min":"1G"}}"#,
+                Some("memory.min"),
+            ),
+            (
+                r#"{"kernel":"/k","memory":"256M","name":"../etc"}"#,
+                Some("name"),
+            ),
             (r#"{"kernel":"","memory":"256M"}"#, Some("kernel")),
         ];
         for (json, field) in cases {

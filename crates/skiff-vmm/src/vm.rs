@@ -2,24 +2,26 @@
 //! order KVM requires, then run until the first exit.
 
 use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
-use std::os::unix::thread::JoinHandleExt;
 use std::thread;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::{self, BootSpec};
 use crate::cpu::run_control::{self, RunControl};
 use crate::cpu::Vcpu;
-use crate::handle::VmHandle;
 use crate::devices::cmos::Cmos;
 use crate::devices::power::{AcpiPowerRegisters, PvPanic};
 use crate::devices::serial::SerialDevice;
-use crate::devices::{EventFdTrigger, ExitTrigger, I8042, IoBus, Shared};
+use crate::devices::{EventFdTrigger, ExitTrigger, IoBus, Shared, I8042};
 use crate::exit::{ExitSender, VmExit};
+use crate::handle::VmHandle;
 use crate::host;
 use crate::layout::{
     ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_PORT, KVM_IDENTITY_MAP_ADDR,
@@ -109,7 +111,9 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        vm_fd.create_pit2(pit).map_err(VmmError::kvm("create PIT"))?;
+        vm_fd
+            .create_pit2(pit)
+            .map_err(VmmError::kvm("create PIT"))?;
 
         let ram = GuestRam::new(
             config.memory_bytes,

@@ -136,7 +136,10 @@ mod tests {
     fn escape_sequences() {
         let mut f = EscapeFilter::default();
         assert_eq!(f.filter(b"ls\r"), (b"ls\r".to_vec(), false));
-        assert_eq!(f.filter(&[ESCAPE, ESCAPE, b'a']), (vec![ESCAPE, b'a'], false));
+        assert_eq!(
+            f.filter(&[ESCAPE, ESCAPE, b'a']),
+            (vec![ESCAPE, b'a'], false)
+        );
         assert_eq!(f.filter(&[ESCAPE, b'b']), (vec![ESCAPE, b'b'], false));
         assert_eq!(f.filter(&[b'q', ESCAPE]), (vec![b'q'], false));
         assert_eq!(f.filter(b"x"), (vec![], true), "escape split across reads");

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "Skiff: many isolated Linux machines on one host")]
+#[command(
+    name = "skiff",
+    version,
+    about = "Skiff: many isolated Linux machines on one host"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -134,8 +134,7 @@ fn dsdt() -> Sdt {
     let (com1, rtc, pvpanic) = (com1.aml(), rtc.aml(), pvpanic.aml());
     // The PCI host bridge and its ECAM reservation (crate::pci::acpi).
     let pci = RawAml(crate::pci::acpi::dsdt_devices());
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic, &pci])
-        .to_aml_bytes(&mut body);
+    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic, &pci]).to_aml_bytes(&mut body);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt
@@ -245,10 +244,12 @@ mod tests {
 
     fn table_at(mem: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
         let mut header = [0u8; 8];
-        mem.read_slice(&mut header, GuestAddress(addr)).expect("read");
+        mem.read_slice(&mut header, GuestAddress(addr))
+            .expect("read");
         let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
         let mut table = vec![0u8; len];
-        mem.read_slice(&mut table, GuestAddress(addr)).expect("read");
+        mem.read_slice(&mut table, GuestAddress(addr))
+            .expect("read");
         table
     }
 
@@ -273,7 +274,10 @@ mod tests {
             .inspect(|t| assert!(checksum_ok(t)))
             .map(|t| t[..4].to_vec())
             .collect();
-        assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]);
+        assert_eq!(
+            sigs,
+            vec![b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]
+        );
         let madt = table_at(&mem, entries[1]);
         let lapics = madt[44..].chunks(8).take_while(|e| e[0] == 0).count();
         assert_eq!(lapics, 4);

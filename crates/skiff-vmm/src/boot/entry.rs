@@ -188,7 +188,15 @@ mod tests {
     fn flat_code_segment_decodes() {
         let code = segment(gdt_entry(0xa09b, 0, 0xfffff), CODE_SELECTOR);
         assert_eq!(
-            (code.base, code.limit, code.type_, code.l, code.db, code.present, code.s),
+            (
+                code.base,
+                code.limit,
+                code.type_,
+                code.l,
+                code.db,
+                code.present,
+                code.s
+            ),
             (0, 0xffff_ffff, 0xb, 1, 0, 1, 1)
         );
         let code32 = segment(gdt_entry(0xc09b, 0, 0xfffff), CODE_SELECTOR);

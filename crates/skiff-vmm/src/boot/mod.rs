@@ -44,7 +44,11 @@ pub enum BootError {
     },
     #[error("{path} is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")]
     NotAKernel { path: PathBuf },
-    #[error("{path} is an ELF file without a PVH entry note; Skiff boots vmlinux files through PVH")]
+    #[error("{path} is an ELF file but not a loadable vmlinux ({reason})")]
+    NotVmlinux { path: PathBuf, reason: String },
+    #[error(
+        "{path} is an ELF file without a PVH entry note; Skiff boots vmlinux files through PVH"
+    )]
     NoPvhEntry { path: PathBuf },
     #[error("{path} is a bzImage without a 64-bit entry point (boot protocol too old or 32-bit)")]
     NoLongModeEntry { path: PathBuf },
@@ -56,7 +60,11 @@ pub enum BootError {
         source: std::io::Error,
     },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} above the kernel")]
-    InitrdTooLarge { path: PathBuf, size: u64, limit: u64 },
+    InitrdTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("kernel command line is too long ({len} bytes; at most {max})")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("invalid kernel command line: {0}")]
@@ -90,11 +98,11 @@ pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<EntryPoint, BootError
         source,
     };
     let mut file = File::open(path).map_err(kernel_io)?;
-    let kind = detect_kernel(&mut file).map_err(kernel_io)?.ok_or_else(|| {
-        BootError::NotAKernel {
+    let kind = detect_kernel(&mut file)
+        .map_err(kernel_io)?
+        .ok_or_else(|| BootError::NotAKernel {
             path: path.to_path_buf(),
-        }
-    })?;
+        })?;
     let load_err = |e: loader::Error| BootError::Load {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -102,77 +110,81 @@ pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<EntryPoint, BootError
     let rsdp = acpi::write_tables(mem, spec.vcpus)?;
     let e820 = e820_map(ram);
 
-    let entry = match kind {
-        KernelKind::BzImage => {
-            let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM)))
-                .map_err(load_err)?;
-            drop(file);
-            let header = loaded.setup_header.ok_or_else(|| BootError::Load {
-                path: path.to_path_buf(),
-                reason: "no setup header".into(),
-            })?;
-            if header.version < 0x20c || header.xloadflags & XLF_KERNEL_64 == 0 {
-                return Err(BootError::NoLongModeEntry {
+    let entry =
+        match kind {
+            KernelKind::BzImage => {
+                let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM)))
+                    .map_err(load_err)?;
+                drop(file);
+                let header = loaded.setup_header.ok_or_else(|| BootError::Load {
                     path: path.to_path_buf(),
-                });
-            }
-            let cmdline_max = (header.cmdline_size as usize).clamp(255, LINUX_CMDLINE_MAX);
-            let cmdline_len = write_cmdline(ram, spec.cmdline, cmdline_max)?;
-            let initrd_limit = u64::from(header.initrd_addr_max).saturating_add(1);
-            let initrd = match spec.initrd {
-                Some(p) => Some(load_initrd(ram, p, loaded.kernel_end, initrd_limit)?),
-                None => None,
-            };
-
-            let mut params = boot_params {
-                hdr: header,
-                ..Default::default()
-            };
-            params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
-            params.hdr.loadflags |= LOADFLAG_CAN_USE_HEAP;
-            params.hdr.heap_end_ptr = 0xfe00;
-            params.hdr.cmd_line_ptr = CMDLINE as u32;
-            params.hdr.cmdline_size = cmdline_len as u32;
-            if let Some((addr, size)) = initrd {
-                params.hdr.ramdisk_image = addr as u32;
-                params.hdr.ramdisk_size = size as u32;
-            }
-            params.acpi_rsdp_addr = rsdp.0;
-            params.e820_entries = e820.len() as u8;
-            for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
-                *slot = boot_e820_entry {
-                    addr: e.addr,
-                    size: e.size,
-                    r#type: e.kind,
+                    reason: "no setup header".into(),
+                })?;
+                if header.version < 0x20c || header.xloadflags & XLF_KERNEL_64 == 0 {
+                    return Err(BootError::NoLongModeEntry {
+                        path: path.to_path_buf(),
+                    });
+                }
+                let cmdline_max = (header.cmdline_size as usize).clamp(255, LINUX_CMDLINE_MAX);
+                let cmdline_len = write_cmdline(ram, spec.cmdline, cmdline_max)?;
+                let initrd_limit = u64::from(header.initrd_addr_max).saturating_add(1);
+                let initrd = match spec.initrd {
+                    Some(p) => Some(load_initrd(ram, p, loaded.kernel_end, initrd_limit)?),
+                    None => None,
                 };
+
+                let mut params = boot_params {
+                    hdr: header,
+                    ..Default::default()
+                };
+                params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+                params.hdr.loadflags |= LOADFLAG_CAN_USE_HEAP;
+                params.hdr.heap_end_ptr = 0xfe00;
+                params.hdr.cmd_line_ptr = CMDLINE as u32;
+                params.hdr.cmdline_size = cmdline_len as u32;
+                if let Some((addr, size)) = initrd {
+                    params.hdr.ramdisk_image = addr as u32;
+                    params.hdr.ramdisk_size = size as u32;
+                }
+                params.acpi_rsdp_addr = rsdp.0;
+                params.e820_entries = e820.len() as u8;
+                for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
+                    *slot = boot_e820_entry {
+                        addr: e.addr,
+                        size: e.size,
+                        r#type: e.kind,
+                    };
+                }
+                mem.write_obj(params, GuestAddress(ZERO_PAGE))?;
+                EntryPoint::Linux64 {
+                    rip: loaded.kernel_load.0 + STARTUP_64_OFFSET,
+                    zero_page: ZERO_PAGE,
+                }
             }
-            mem.write_obj(params, GuestAddress(ZERO_PAGE))?;
-            EntryPoint::Linux64 {
-                rip: loaded.kernel_load.0 + STARTUP_64_OFFSET,
-                zero_page: ZERO_PAGE,
+            KernelKind::Elf => {
+                let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM)))
+                    .map_err(|e| BootError::NotVmlinux {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
+                drop(file);
+                let PvhBootCapability::PvhEntryPresent(rip) = loaded.pvh_boot_cap else {
+                    return Err(BootError::NoPvhEntry {
+                        path: path.to_path_buf(),
+                    });
+                };
+                write_cmdline(ram, spec.cmdline, LINUX_CMDLINE_MAX)?;
+                let initrd = match spec.initrd {
+                    Some(p) => Some(load_initrd(ram, p, loaded.kernel_end, u64::MAX)?),
+                    None => None,
+                };
+                write_pvh_start_info(ram, &e820, rsdp.0, initrd)?;
+                EntryPoint::Pvh {
+                    rip: rip.0,
+                    start_info: PVH_INFO,
+                }
             }
-        }
-        KernelKind::Elf => {
-            let loaded =
-                Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM))).map_err(load_err)?;
-            drop(file);
-            let PvhBootCapability::PvhEntryPresent(rip) = loaded.pvh_boot_cap else {
-                return Err(BootError::NoPvhEntry {
-                    path: path.to_path_buf(),
-                });
-            };
-            write_cmdline(ram, spec.cmdline, LINUX_CMDLINE_MAX)?;
-            let initrd = match spec.initrd {
-                Some(p) => Some(load_initrd(ram, p, loaded.kernel_end, u64::MAX)?),
-                None => None,
-            };
-            write_pvh_start_info(ram, &e820, rsdp.0, initrd)?;
-            EntryPoint::Pvh {
-                rip: rip.0,
-                start_info: PVH_INFO,
-            }
-        }
-    };
+        };
     entry::write_boot_structures(mem, &entry)?;
     Ok(entry)
 }
@@ -384,10 +396,7 @@ mod tests {
             kernel: &missing,
             ..spec
         };
-        assert!(matches!(
-            load(&ram, &spec),
-            Err(BootError::KernelIo { .. })
-        ));
+        assert!(matches!(load(&ram, &spec), Err(BootError::KernelIo { .. })));
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -399,6 +408,9 @@ mod tests {
             write_cmdline(&ram, &long, LINUX_CMDLINE_MAX),
             Err(BootError::CmdlineTooLong { .. })
         ));
-        assert_eq!(write_cmdline(&ram, "console=ttyS0", 2048).expect("fits"), 13);
+        assert_eq!(
+            write_cmdline(&ram, "console=ttyS0", 2048).expect("fits"),
+            13
+        );
     }
 }

@@ -13,6 +13,8 @@ const LEAF_AMD_SIZE: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_VMX: u32 = 1 << 5;
+const AMD_ECX_SVM: u32 = 1 << 2;
 const EDX_HTT: u32 = 1 << 28;
 const AMD_ECX_CMP_LEGACY: u32 = 1 << 1;
 const TOPOLOGY_LEVEL_SMT: u32 = 1;
@@ -58,7 +60,8 @@ fn patch_entry(
         LEAF_FEATURES => {
             let logical = max_ids.min(255);
             e.ebx = (e.ebx & 0x0000_ffff) | ((apic_id & 0xff) << 24) | (logical << 16);
-            e.ecx |= ECX_HYPERVISOR;
+            // No nested virtualization: guests do not get VT-x/AMD-V of their own.
+            e.ecx = (e.ecx | ECX_HYPERVISOR) & !ECX_VMX;
             if vcpus > 1 {
                 e.edx |= EDX_HTT;
             } else {
@@ -92,7 +95,11 @@ fn patch_entry(
                 }
             }
         }
-        LEAF_EXT_FEATURES if amd => {
+        LEAF_EXT_FEATURES => {
+            e.ecx &= !AMD_ECX_SVM;
+            if !amd {
+                return;
+            }
             if vcpus > 1 {
                 e.ecx |= AMD_ECX_CMP_LEGACY;
             } else {

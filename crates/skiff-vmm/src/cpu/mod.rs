@@ -11,9 +11,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::boot::entry::{self, EntryPoint};
 use crate::devices::IoBus;
+use crate::exit::{ExitSender, VmExit};
 use crate::mmio::MmioBus;
 use run_control::RunControl;
-use crate::exit::{ExitSender, VmExit};
 
 /// Local APIC register offsets and delivery modes for LINT0/LINT1, as firmware sets them:
 /// LINT0 passes the 8259's interrupts through (ExtINT), LINT1 is the NMI line.

@@ -192,7 +192,11 @@ mod tests {
         assert_eq!(read(&mut cmos, REG_HOURS as u8), 0x05);
         assert_eq!(read(&mut cmos, REG_YEAR as u8), 0x26);
         assert_eq!(read(&mut cmos, REG_CENTURY as u8), 0x20);
-        assert_eq!(read(&mut cmos, REG_A as u8) & 0x80, 0, "never update-in-progress");
+        assert_eq!(
+            read(&mut cmos, REG_A as u8) & 0x80,
+            0,
+            "never update-in-progress"
+        );
         cmos.write(0, &[0x40]);
         cmos.write(1, &[0x5a]);
         assert_eq!(read(&mut cmos, 0x40), 0x5a);

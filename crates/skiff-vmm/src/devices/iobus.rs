@@ -66,6 +66,8 @@ impl IoBus {
     pub fn write(&self, port: u16, data: &[u8]) {
         if let Some(r) = self.find(port) {
             lock(&r.device).write(port - r.base, data);
+        } else {
+            log::trace!("write to unclaimed port {port:#x}: {data:x?}");
         }
     }
 }

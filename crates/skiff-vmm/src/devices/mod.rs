@@ -67,3 +67,32 @@ impl PortDevice for I8042 {
 
 /// Shared handle to a device on the bus.
 pub type Shared<T> = Arc<Mutex<T>>;
+
+#[cfg(test)]
+mod tests {
+    use super::power::AcpiPowerRegisters;
+    use super::*;
+    use crate::layout::{ACPI_RESET_PORT, ACPI_SLEEP_CONTROL_PORT, I8042_PORT};
+
+    #[test]
+    fn keyboard_controller_and_acpi_reset_requests_stop_the_vm() {
+        let (exits, rx) = ExitSender::channel();
+        let mut bus = IoBus::default();
+        let i8042 = I8042(vm_superio::I8042Device::new(ExitTrigger::new(
+            exits.clone(),
+            VmExit::Reset,
+        )));
+        bus.register(I8042_PORT, 5, Arc::new(Mutex::new(i8042)))
+            .expect("register");
+        bus.register(
+            ACPI_SLEEP_CONTROL_PORT,
+            3,
+            Arc::new(Mutex::new(AcpiPowerRegisters::new(exits))),
+        )
+        .expect("register");
+        bus.write(I8042_PORT + 4, &[0xfe]);
+        bus.write(ACPI_RESET_PORT, &[1]);
+        let got: Vec<VmExit> = rx.try_iter().collect();
+        assert_eq!(got, vec![VmExit::Reset, VmExit::Reset]);
+    }
+}

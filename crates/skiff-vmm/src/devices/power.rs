@@ -84,7 +84,10 @@ mod tests {
         let mut regs = AcpiPowerRegisters::new(exits.clone());
         regs.write(0, &[ACPI_S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT]); // no SLP_EN: nothing
         regs.write(0, &[(3 << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE]); // S3: ignored
-        regs.write(0, &[(ACPI_S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE]);
+        regs.write(
+            0,
+            &[(ACPI_S5_SLEEP_TYPE << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE],
+        );
         regs.write(2, &[ACPI_RESET_VALUE]);
         let mut pvpanic = PvPanic::new(exits);
         pvpanic.write(0, &[PVPANIC_CRASH_LOADED]);
