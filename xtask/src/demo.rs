@@ -5,12 +5,12 @@
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::e2e::{self, direct_env, emulated_env};
 use crate::host::{self, layout, BootOptions, Payload, Stream};
 use crate::mode::Mode;
-use crate::{apt, assets, cmd, paths, ModeOpt};
+use crate::{apt, assets, ModeOpt};
 
 const DEMO_BIN: &str = "skiff-demo";
 
@@ -25,7 +25,7 @@ pub fn main(args: DemoArgs) -> Result<ExitCode> {
     let mode = args.mode.mode.resolve()?;
     let assets = assets::prepare()?;
     let binaries = e2e::skiff_binaries(true)?;
-    let demo = build_demo()?;
+    let demo = e2e::build_harness_bin(DEMO_BIN)?;
     let status = match mode {
         Mode::Direct => Command::new(&demo)
             .envs(direct_env(&assets)?)
@@ -55,25 +55,4 @@ pub fn main(args: DemoArgs) -> Result<ExitCode> {
         }
     };
     Ok(crate::exit_code(status))
-}
-
-fn build_demo() -> Result<std::path::PathBuf> {
-    cmd::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "skiff-e2e",
-                "--bin",
-                DEMO_BIN,
-            ])
-            .current_dir(paths::workspace()),
-    )?;
-    let path = paths::target_dir().join("release").join(DEMO_BIN);
-    if !path.exists() {
-        bail!("{} was not built", path.display());
-    }
-    Ok(path)
 }

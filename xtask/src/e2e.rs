@@ -177,6 +177,25 @@ pub fn skiff_binaries(build: bool) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Builds a program of the harness crate (`skiff-demo`, `skiff-bench`) in release mode
+/// and returns its path.
+pub fn build_harness_bin(name: &str) -> Result<PathBuf> {
+    cmd::run(cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "skiff-e2e",
+        "--bin",
+        name,
+    ]))?;
+    let path = paths::target_dir().join("release").join(name);
+    if !path.exists() {
+        anyhow::bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
+
 /// Builds the e2e test executable (release) and returns its path.
 pub fn build_tests() -> Result<PathBuf> {
     let out = cmd::output(

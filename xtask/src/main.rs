@@ -5,9 +5,11 @@
 //! - `e2e`: build and run the end-to-end tests (emulated host or directly).
 //! - `test`: unit tests of the whole workspace, then the e2e suite.
 //! - `demo`: boot real Linux guests and show their console.
+//! - `bench`: Skiff beside QEMU, interleaved, medians and ratios.
 
 mod apt;
 mod assets;
+mod bench;
 mod cmd;
 mod console;
 mod cpio;
@@ -52,6 +54,8 @@ enum Command {
     Test(test::TestArgs),
     /// Boot real Linux guests and show their console.
     Demo(demo::DemoArgs),
+    /// Benchmarks: Skiff beside QEMU in the same run, interleaved (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::E2e(args) => e2e::main(args),
         Command::Test(args) => test::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::Bench(args) => bench::main(args),
     }
 }
 

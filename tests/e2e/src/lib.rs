@@ -20,13 +20,16 @@ mod disk;
 mod env;
 mod error;
 mod output;
+mod smaps;
 mod spec;
+pub mod tiny_pvh;
 mod vm;
 
 pub use disk::make_ext4;
 pub use env::TestEnv;
 pub use error::Error;
 pub use output::RunOutput;
+pub use smaps::vmm_overhead_kib;
 pub use spec::{GuestSpec, KernelKind, Vmm};
 pub use vm::{Signal, Vm};
 

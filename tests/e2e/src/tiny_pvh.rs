@@ -84,7 +84,11 @@ pub fn tiny_pvh_elf() -> Vec<u8> {
     // The PVH note: name "Xen", type PHYS32_ENTRY, the 32-bit entry address.
     put(&mut elf, NOTE_OFFSET, &4u32.to_le_bytes());
     put(&mut elf, NOTE_OFFSET + 4, &4u32.to_le_bytes());
-    put(&mut elf, NOTE_OFFSET + 8, &XEN_ELFNOTE_PHYS32_ENTRY.to_le_bytes());
+    put(
+        &mut elf,
+        NOTE_OFFSET + 8,
+        &XEN_ELFNOTE_PHYS32_ENTRY.to_le_bytes(),
+    );
     put(&mut elf, NOTE_OFFSET + 12, b"Xen\0");
     put(&mut elf, NOTE_OFFSET + 16, &LOAD_ADDR.to_le_bytes());
 
@@ -103,7 +107,10 @@ mod tests {
         assert_eq!(&elf[..4], b"\x7fELF");
         let note = &elf[NOTE_OFFSET..NOTE_OFFSET + 20];
         assert_eq!(&note[12..16], b"Xen\0");
-        assert_eq!(u32::from_le_bytes([note[16], note[17], note[18], note[19]]), LOAD_ADDR);
+        assert_eq!(
+            u32::from_le_bytes([note[16], note[17], note[18], note[19]]),
+            LOAD_ADDR
+        );
         let code = &elf[CODE_OFFSET..];
         let msg = &code[21..21 + TINY_MARKER.len()];
         assert_eq!(msg, TINY_MARKER.as_bytes());

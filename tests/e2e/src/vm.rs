@@ -133,6 +133,11 @@ impl Vm {
         })
     }
 
+    /// Time since the VMM was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The VMM's process id (for `/proc/PID/...`).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -1,0 +1,246 @@
+//! `cargo xtask bench` runs this inside the emulated host (or directly): Skiff beside
+//! QEMU (Debian's package) in the same run, interleaved, reporting medians and ratios.
+//!
+//! - `boot`: process start → the guest's `SKIFF-INIT-READY`, Debian's cloud kernel and the
+//!   busybox initramfs, with the kernel's console messages on (`loglevel=8`) and off
+//!   (`quiet`); and the VMM's resident memory outside guest RAM at that moment.
+//! - `tiny`: a ~4 KiB PVH guest that prints one line and halts: the VMM's own start-up.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use skiff_e2e::tiny_pvh::{tiny_pvh_elf, TINY_MARKER};
+use skiff_e2e::{vmm_overhead_kib, GuestSpec, KernelKind, TestEnv, Vm, Vmm, INIT_READY};
+
+const MEMORY_MIB: u32 = 256;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One configuration under test.
+#[derive(Clone, Copy)]
+struct Case {
+    name: &'static str,
+    vmm: Vmm,
+    kernel: KernelKind,
+    console_messages: bool,
+}
+
+#[derive(Default)]
+struct Samples {
+    seconds: Vec<f64>,
+    overhead_kib: Vec<u64>,
+    failures: usize,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_else(|| "all".into());
+    let rounds: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(5).max(1);
+    let mut report = String::new();
+    if what == "boot" || what == "all" {
+        boot_bench(rounds, &mut report);
+    }
+    if what == "tiny" || what == "all" {
+        tiny_bench(rounds, &mut report);
+    }
+    println!("{report}");
+}
+
+fn boot_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for console_messages in [false, true] {
+        cases.push(Case {
+            name: if console_messages {
+                "skiff, bzImage, console msgs"
+            } else {
+                "skiff, bzImage, quiet"
+            },
+            vmm: Vmm::Skiff,
+            kernel: KernelKind::BzImage,
+            console_messages,
+        });
+        cases.push(Case {
+            name: if console_messages {
+                "skiff, vmlinux, console msgs"
+            } else {
+                "skiff, vmlinux, quiet"
+            },
+            vmm: Vmm::Skiff,
+            kernel: KernelKind::Vmlinux,
+            console_messages,
+        });
+        cases.push(Case {
+            name: if console_messages {
+                "qemu microvm, vmlinux, console msgs"
+            } else {
+                "qemu microvm, vmlinux, quiet"
+            },
+            vmm: Vmm::Qemu,
+            kernel: KernelKind::Vmlinux,
+            console_messages,
+        });
+    }
+    cases
+}
+
+fn boot_bench(rounds: usize, report: &mut String) {
+    let cases = boot_cases();
+    let mut samples: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
+    for round in 1..=rounds {
+        eprintln!("boot round {round}/{rounds}");
+        for (case, samples) in cases.iter().zip(samples.iter_mut()) {
+            let mut spec = GuestSpec::new(case.vmm)
+                .kernel(case.kernel)
+                .memory_mib(MEMORY_MIB)
+                .cmd("true")
+                .timeout(BOOT_TIMEOUT);
+            if case.console_messages {
+                spec = spec.cmdline("loglevel=8");
+            }
+            match spec.spawn() {
+                Ok(vm) => measure(vm, INIT_READY, samples),
+                Err(e) => {
+                    eprintln!("{}: {e}", case.name);
+                    samples.failures += 1;
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        report,
+        "### Boot to the guest's init marker ({rounds} rounds, 1 vCPU, {MEMORY_MIB} MiB, medians)\n"
+    );
+    table(
+        report,
+        &cases,
+        &samples,
+        &[("quiet", 2, &[0, 1]), ("console msgs", 5, &[3, 4])],
+    );
+}
+
+fn tiny_bench(rounds: usize, report: &mut String) {
+    let env = TestEnv::get();
+    let image = env.scratch("tiny-pvh.elf");
+    if let Err(e) = std::fs::write(&image, tiny_pvh_elf()) {
+        eprintln!("cannot write {}: {e}", image.display());
+        return;
+    }
+    let cases = [
+        Case {
+            name: "skiff, tiny PVH",
+            vmm: Vmm::Skiff,
+            kernel: KernelKind::Vmlinux,
+            console_messages: true,
+        },
+        Case {
+            name: "qemu microvm, tiny PVH",
+            vmm: Vmm::Qemu,
+            kernel: KernelKind::Vmlinux,
+            console_messages: true,
+        },
+    ];
+    let mut samples: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
+    for round in 1..=rounds {
+        eprintln!("tiny round {round}/{rounds}");
+        for (case, samples) in cases.iter().zip(samples.iter_mut()) {
+            let mut cmd = match case.vmm {
+                Vmm::Skiff => {
+                    let mut c = Command::new(&env.skiff_bin);
+                    c.arg("run").arg("--kernel").arg(&image);
+                    c.args(["--memory", &format!("{MEMORY_MIB}M"), "--no-rng"]);
+                    c
+                }
+                Vmm::Qemu => {
+                    let mut c = Command::new(&env.qemu);
+                    c.arg("-L").arg(&env.qemu_datadir);
+                    c.args(["-M", "microvm,accel=kvm,rtc=on", "-cpu", "host"]);
+                    c.args(["-m", &format!("{MEMORY_MIB}M"), "-nographic", "-nodefaults"]);
+                    c.args(["-serial", "stdio", "-kernel"]).arg(&image);
+                    c
+                }
+            };
+            cmd.env("SKIFF_LOG", "error");
+            match Vm::spawn_command(cmd) {
+                Ok(vm) => measure(vm, TINY_MARKER, samples),
+                Err(e) => {
+                    eprintln!("{}: {e}", case.name);
+                    samples.failures += 1;
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        report,
+        "\n### VMM start-up: tiny PVH guest to its first serial line ({rounds} rounds, {MEMORY_MIB} MiB, medians)\n"
+    );
+    table(report, &cases, &samples, &[("tiny", 1, &[0])]);
+}
+
+/// Waits for `marker`, takes the time and the VMM's overhead, then ends the VMM.
+fn measure(mut vm: Vm, marker: &str, samples: &mut Samples) {
+    match vm.wait_for(marker, BOOT_TIMEOUT) {
+        Ok(_) => {
+            let elapsed = vm.elapsed();
+            samples.seconds.push(elapsed.as_secs_f64());
+            match vmm_overhead_kib(vm.pid(), u64::from(MEMORY_MIB) << 20) {
+                Ok(kib) => samples.overhead_kib.push(kib),
+                Err(e) => eprintln!("smaps: {e}"),
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            samples.failures += 1;
+        }
+    }
+    // The measurement is taken: end the VMM now (Drop kills it and reaps it).
+    drop(vm);
+}
+
+fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied()
+}
+
+/// Rows for every case, then for each group the ratio of each Skiff row to the QEMU row.
+fn table(
+    report: &mut String,
+    cases: &[Case],
+    samples: &[Samples],
+    groups: &[(&str, usize, &[usize])],
+) {
+    let _ = writeln!(
+        report,
+        "| configuration | time (s) | overhead outside guest RAM (MiB) | runs | failed |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|");
+    for (case, s) in cases.iter().zip(samples) {
+        let time = median(&s.seconds).map_or("-".into(), |t| format!("{t:.3}"));
+        let mem =
+            median(&s.overhead_kib).map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        let _ = writeln!(
+            report,
+            "| {} | {time} | {mem} | {} | {} |",
+            case.name,
+            s.seconds.len(),
+            s.failures
+        );
+    }
+    let _ = writeln!(report);
+    for (label, reference, skiff_rows) in groups {
+        let Some(ref_time) = median(&samples[*reference].seconds) else {
+            continue;
+        };
+        for &row in skiff_rows.iter() {
+            if let Some(t) = median(&samples[row].seconds) {
+                let _ = writeln!(
+                    report,
+                    "- {label}: {} / {} time ratio = {:.2}",
+                    cases[row].name,
+                    cases[*reference].name,
+                    t / ref_time
+                );
+            }
+        }
+    }
+}
