@@ -1,7 +1,7 @@
 //! Debian packages: install what the tasks need, resolve and fetch `.deb` files with
 //! `apt-get download`, verified against the SHA256 recorded in apt's package lists.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -194,9 +194,14 @@ fn download(pkg: &DebPackage, dir: &Path, dest: &Path) -> Result<()> {
         pkg.size as f64 / 1e6
     );
     let started = Instant::now();
+    let mut command = Command::new("apt-get");
+    command.args(["download", "-o", "APT::Sandbox::User=root"]);
+    if !std::io::stdout().is_terminal() {
+        // apt's progress bar is for terminals; in logs, one line per file is enough.
+        command.arg("-q");
+    }
     let result = cmd::run(
-        Command::new("apt-get")
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+        command
             .arg(format!("{}={}", pkg.name, pkg.version))
             .current_dir(&partial),
     );
