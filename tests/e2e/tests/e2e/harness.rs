@@ -93,3 +93,23 @@ fn ext4_image_from_a_directory() {
     let _ = std::fs::remove_file(&image);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn interactive_console_signals_and_proc() {
+    use skiff_e2e::Signal;
+    // No command: the guest's /init starts a shell on the console.
+    let mut vm = GuestSpec::new(Vmm::Qemu).spawn().expect("spawn");
+    vm.wait_for(INIT_READY, Duration::from_secs(120))
+        .expect("boots");
+    vm.send_line("echo typed-$((6 * 7))").expect("type");
+    vm.wait_for("typed-42", Duration::from_secs(60))
+        .expect("shell answers");
+    assert!(vm.rss_kib().expect("rss") > 1024, "{}", vm.console());
+    assert!(vm.proc_path().join("smaps_rollup").exists());
+    vm.signal(Signal::Term).expect("SIGTERM");
+    let out = vm
+        .wait(Duration::from_secs(30))
+        .expect("QEMU exits on SIGTERM");
+    assert_eq!(out.guest_status, None, "{out}");
+    assert!(out.init_ready.is_some(), "{out}");
+}
