@@ -44,7 +44,12 @@ impl RunOutput {
                 started = line.contains(INIT_READY);
                 continue;
             }
-            if line.contains(GUEST_EXIT) {
+            if let Some(pos) = line.find(GUEST_EXIT) {
+                // Output without a final newline shares the marker's line.
+                if pos > 0 {
+                    out.push_str(&line[..pos]);
+                    out.push('\n');
+                }
                 break;
             }
             if !is_kernel_log(line) {
@@ -112,5 +117,10 @@ mod tests {
         };
         assert_eq!(out.command_output(), "2\n");
         out.assert_success();
+        let unterminated = RunOutput {
+            console: "SKIFF-INIT-READY\nabcSKIFF-GUEST-EXIT status=0\n".into(),
+            ..out
+        };
+        assert_eq!(unterminated.command_output(), "abc\n");
     }
 }

@@ -30,7 +30,7 @@ if [ -n "$cmd" ]; then
 else
     setsid cttyhack sh
 fi
-# Let the console drain before the power goes.
-stty -F /dev/console -a >/dev/null 2>&1
+# Give the UART a moment to send what is still in its buffer before the power goes.
+usleep 20000
 [ -n "$poweroff" ] && poweroff -f
 while :; do sleep 3600; done

@@ -21,10 +21,10 @@ cd /root
 if [ -x /etc/skiff/run ]; then
     /etc/skiff/run
     status=$?
-    stty -F /dev/console -a >/dev/null 2>&1
     echo "$SKIFF_HOST_MARKER status=$status"
 else
     setsid cttyhack sh
 fi
-stty -F /dev/console -a >/dev/null 2>&1
+# Give the UART a moment to send what is still in its buffer before the power goes.
+usleep 20000
 poweroff -f
