@@ -159,6 +159,27 @@ fn field(record: &str, key: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
+/// Resolves a package and fetches it into `dir`. If the download fails with apt's lists
+/// not refreshed yet in this run (a stale list may name a version the archive no longer
+/// has), runs `apt-get update` and tries once more.
+pub fn resolve_and_fetch(
+    resolve: impl Fn() -> Result<DebPackage>,
+    dir: &Path,
+) -> Result<(DebPackage, PathBuf)> {
+    let package = resolve()?;
+    match fetch(&package, dir) {
+        Ok(path) => Ok((package, path)),
+        Err(err) if !UPDATED.load(Ordering::SeqCst) => {
+            eprintln!("{err:#}\nrefreshing apt's lists and trying again");
+            update_once()?;
+            let package = resolve()?;
+            let path = fetch(&package, dir)?;
+            Ok((package, path))
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// Returns the verified `.deb` of `pkg` in `dir`, downloading it unless a good copy is
 /// cached. A cached copy whose SHA256 does not match is reported and fetched again.
 pub fn fetch(pkg: &DebPackage, dir: &Path) -> Result<PathBuf> {

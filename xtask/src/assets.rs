@@ -43,8 +43,8 @@ pub fn prepare() -> Result<Assets> {
 }
 
 fn busybox(cache: &Path) -> Result<(DebPackage, PathBuf)> {
-    let package = apt::resolve("busybox-static", None)?;
-    let deb = apt::fetch(&package, &cache.join("debs"))?;
+    let (package, deb) =
+        apt::resolve_and_fetch(|| apt::resolve("busybox-static", None), &cache.join("debs"))?;
     let dir = cache
         .join("busybox")
         .join(package.version.replace(':', "%3a"));

@@ -23,8 +23,10 @@ pub struct Kernel {
 
 /// Fetches (or reuses) the kernel package and unpacks it under `cache/kernel/`.
 pub fn prepare(cache: &Path) -> Result<Kernel> {
-    let package = apt::resolve_meta(META, "linux-image-")?;
-    let deb = apt::fetch(&package, &cache.join("debs"))?;
+    let (package, deb) = apt::resolve_and_fetch(
+        || apt::resolve_meta(META, "linux-image-"),
+        &cache.join("debs"),
+    )?;
     let dir = cache
         .join("kernel")
         .join(format!("{}_{}", package.name, package.version));
