@@ -52,7 +52,7 @@ pub fn run(args: &E2eArgs) -> Result<i32> {
     let mut test_args: Vec<String> = args.filter.iter().cloned().collect();
     test_args.extend(args.test_args.iter().cloned());
     match mode {
-        Mode::Direct => run_direct(&assets, &binaries, &tests, &test_args),
+        Mode::Direct => run_direct(&assets, &tests, &test_args),
         Mode::Emulated => {
             let mut payload = Payload::default();
             payload.add_release_binaries(&binaries)?;
@@ -109,13 +109,7 @@ pub fn direct_env(assets: &Assets) -> Result<Vec<(&'static str, String)>> {
     ])
 }
 
-fn run_direct(
-    assets: &Assets,
-    binaries: &[PathBuf],
-    tests: &Path,
-    test_args: &[String],
-) -> Result<i32> {
-    let _ = binaries;
+fn run_direct(assets: &Assets, tests: &Path, test_args: &[String]) -> Result<i32> {
     let status = Command::new(tests)
         .args(test_args)
         .envs(direct_env(assets)?)
