@@ -22,6 +22,7 @@ const HOST_MODULES: &[&str] = &[
     "bridge",
     "vhost_iotlb",
     "vhost",
+    "vhost_net",
     "vhost_vsock",
     "vsock",
     "vmw_vsock_virtio_transport_common",
