@@ -150,16 +150,21 @@ impl Vm {
 
     /// The VMM's resident set size in KiB (`VmRSS` of /proc/PID/status).
     pub fn rss_kib(&self) -> Result<u64, Error> {
-        let path = self.proc_path().join("status");
-        let status = std::fs::read_to_string(&path)
+        self.proc_kib("status", "VmRSS")
+    }
+
+    /// A KiB field of a /proc/PID file with `Name:   N kB` lines, e.g.
+    /// `proc_kib("status", "VmHWM")` or `proc_kib("smaps_rollup", "Pss_Anon")`.
+    pub fn proc_kib(&self, file: &str, field: &str) -> Result<u64, Error> {
+        let path = self.proc_path().join(file);
+        let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .ok_or_else(|| Error::Tool {
                 what: format!("reading {}", path.display()),
-                detail: "no VmRSS line".into(),
+                detail: format!("no `{field}:` line in kB"),
             })
     }
 

@@ -105,7 +105,8 @@ fn interactive_console_signals_and_proc() {
     vm.wait_for("typed-42", Duration::from_secs(60))
         .expect("shell answers");
     assert!(vm.rss_kib().expect("rss") > 1024, "{}", vm.console());
-    assert!(vm.proc_path().join("smaps_rollup").exists());
+    let pss = vm.proc_kib("smaps_rollup", "Pss").expect("smaps_rollup");
+    assert!(pss > 1024, "Pss {pss} KiB");
     vm.signal(Signal::Term).expect("SIGTERM");
     let out = vm
         .wait(Duration::from_secs(30))
