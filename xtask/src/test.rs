@@ -19,13 +19,11 @@ pub struct TestArgs {
 
 pub fn main(args: TestArgs) -> Result<ExitCode> {
     apt::ensure_installed(apt::HOST_PACKAGES)?;
-    let unit = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--workspace", "--exclude", "skiff-e2e"])
-        .current_dir(paths::workspace())
-        .status()
-        .context("cannot run cargo test")?;
-    if !unit.success() {
-        eprintln!("error: unit tests failed ({unit}); running the e2e suite anyway");
+    // The harness's own unit tests run here too; its e2e test binary runs below.
+    let unit = cargo_test(&["--workspace", "--exclude", "skiff-e2e"])?
+        & cargo_test(&["-p", "skiff-e2e", "--lib"])?;
+    if !unit {
+        eprintln!("error: unit tests failed; running the e2e suite anyway");
     }
     let e2e_status = e2e::run(&E2eArgs {
         filter: args.filter,
@@ -34,9 +32,20 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
         timeout: 1800,
         test_args: Vec::new(),
     })?;
-    Ok(if unit.success() && e2e_status == 0 {
+    Ok(if unit && e2e_status == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs `cargo test ARGS`; true if it passed.
+fn cargo_test(args: &[&str]) -> Result<bool> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("test")
+        .args(args)
+        .current_dir(paths::workspace())
+        .status()
+        .context("cannot run cargo test")?;
+    Ok(status.success())
 }
