@@ -79,6 +79,34 @@ fn hanging_guest_times_out_and_is_killed() {
 }
 
 #[test]
+fn qemu_guest_mounts_an_ext4_image() {
+    let env = TestEnv::get();
+    let dir = env.scratch("ext4-guest");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("greeting"), "hello from the disk\n").expect("write");
+    let image = env.scratch("guest.ext4");
+    make_ext4(&env.mke2fs, &dir, &image, 32).expect("mke2fs");
+    let drive = format!("file={},if=none,id=d0,format=raw", image.display());
+    let out = GuestSpec::new(Vmm::Qemu)
+        .vmm_args([
+            "-M",
+            "microvm,pcie=on",
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ])
+        .cmd("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/greeting && umount /mnt")
+        .run_ok();
+    assert!(
+        out.command_output().contains("hello from the disk"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(&image);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn ext4_image_from_a_directory() {
     let env = TestEnv::get();
     let dir = env.scratch("ext4-src");
