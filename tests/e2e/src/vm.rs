@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::{Error, GuestSpec, RunOutput, TestEnv, GUEST_EXIT, INIT_READY};
 
+/// x86 Linux's COMMAND_LINE_SIZE, including the terminating NUL.
+const MAX_CMDLINE: usize = 2048;
+
 /// Signals a test may send to the VMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -68,6 +71,18 @@ fn describe(cmd: &Command) -> String {
 
 impl Vm {
     pub(crate) fn spawn(spec: &GuestSpec, env: &TestEnv) -> Result<Vm, Error> {
+        let cmdline = spec.kernel_cmdline();
+        if cmdline.len() >= MAX_CMDLINE {
+            return Err(Error::Tool {
+                what: "building the kernel command line".into(),
+                detail: format!(
+                    "{} bytes, x86 Linux takes at most {} (the guest command is base64 in it: \
+                     put long scripts on a disk image)",
+                    cmdline.len(),
+                    MAX_CMDLINE - 1
+                ),
+            });
+        }
         let mut cmd = spec.command(env);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
