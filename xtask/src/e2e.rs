@@ -61,6 +61,8 @@ pub fn run(args: &E2eArgs) -> Result<i32> {
             for (key, value) in emulated_env() {
                 payload.env(key, &value);
             }
+            // The console is a tty: keep libtest from colouring the summary line.
+            payload.env("TERM", "dumb");
             payload.command = Some(std::iter::once(exe).chain(test_args).collect());
             let options = BootOptions {
                 memory: args.memory.clone(),
