@@ -186,6 +186,31 @@ mod tests {
         assert_eq!(decompress(&payload, data.len()).expect("decompress"), data);
     }
 
+    /// A minimal bzImage: 1 setup sector + boot sector, then an LZ4 payload.
+    fn fake_bzimage(elf: &[u8]) -> Vec<u8> {
+        let block = lz4_flex::block::compress(elf);
+        let mut payload = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
+        payload.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&block);
+        payload.extend_from_slice(&(elf.len() as u32).to_le_bytes());
+        let mut image = vec![0u8; 2 * 512 + 16];
+        image[0x1f1] = 1;
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        image[0x248..0x24c].copy_from_slice(&16u32.to_le_bytes());
+        image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        image.extend_from_slice(&payload);
+        image
+    }
+
+    #[test]
+    fn extracts_the_payload_of_a_bzimage() {
+        let mut elf = b"\x7fELF".to_vec();
+        elf.extend((0..50_000u32).map(|i| (i % 7) as u8));
+        assert_eq!(extract(&fake_bzimage(&elf)).expect("extract"), elf);
+        assert!(extract(&fake_bzimage(b"not an elf at all")).is_err());
+    }
+
     #[test]
     fn rejects_non_bzimage() {
         assert!(payload(&[0u8; 4096]).is_err());
