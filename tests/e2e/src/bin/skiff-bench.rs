@@ -97,6 +97,7 @@ fn boot_bench(rounds: usize, report: &mut String) {
             if case.console_messages {
                 spec = spec.cmdline("loglevel=8");
             }
+            eprint!("  {}: ", case.name);
             match spec.spawn() {
                 Ok(vm) => measure(vm, INIT_READY, samples),
                 Err(e) => {
@@ -160,6 +161,7 @@ fn tiny_bench(rounds: usize, report: &mut String) {
                 }
             };
             cmd.env("SKIFF_LOG", "error");
+            eprint!("  {}: ", case.name);
             match Vm::spawn_command(cmd) {
                 Ok(vm) => measure(vm, TINY_MARKER, samples),
                 Err(e) => {
@@ -183,12 +185,15 @@ fn measure(mut vm: Vm, marker: &str, samples: &mut Samples) {
             let elapsed = vm.elapsed();
             samples.seconds.push(elapsed.as_secs_f64());
             match vmm_overhead_kib(vm.pid(), u64::from(MEMORY_MIB) << 20) {
-                Ok(kib) => samples.overhead_kib.push(kib),
-                Err(e) => eprintln!("smaps: {e}"),
+                Ok(kib) => {
+                    samples.overhead_kib.push(kib);
+                    eprintln!("{:.2} s, {kib} KiB outside guest RAM", elapsed.as_secs_f64());
+                }
+                Err(e) => eprintln!("{:.2} s, smaps: {e}", elapsed.as_secs_f64()),
             }
         }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("failed: {e}");
             samples.failures += 1;
         }
     }
