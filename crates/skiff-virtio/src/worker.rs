@@ -13,6 +13,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::VirtioDevice;
 
+/// Stack of a device worker: queue processing is shallow; block I/O buffers live on the heap.
+const WORKER_STACK: usize = 256 * 1024;
+
 /// A running worker; dropping the handle does not stop it, [`Worker::stop`] does.
 pub struct Worker {
     stop: EventFd,
@@ -43,6 +46,8 @@ impl Worker {
         )?;
         let thread = thread::Builder::new()
             .name(name.chars().take(15).collect())
+            // Below 2 MiB so that transparent huge pages cannot back the stack.
+            .stack_size(WORKER_STACK)
             .spawn(move || run(epoll, device, notify, stop_token))?;
         Ok(Worker {
             stop,

@@ -35,6 +35,7 @@ pub fn serve(path: &Path, vm: VmHandle) -> Result<(), VmmError> {
     let path: PathBuf = path.to_path_buf();
     thread::Builder::new()
         .name("control".into())
+        .stack_size(crate::stacks::SERVICE)
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {

@@ -18,6 +18,15 @@ pub mod mmio;
 pub mod pci;
 pub mod vm;
 
+/// Thread stack sizes. Below 2 MiB on purpose: with transparent huge pages a 2 MiB stack
+/// mapping gets a whole huge page, which would double a small VMM's resident memory.
+pub mod stacks {
+    /// vCPU threads: KVM_RUN plus the port/MMIO device emulation they call.
+    pub const VCPU: usize = 512 * 1024;
+    /// Service threads (console, signals, control socket).
+    pub const SERVICE: usize = 128 * 1024;
+}
+
 pub use exit::{ExitSender, VmExit};
 pub use handle::VmHandle;
 pub use vm::{RunningVm, Vm, VmConfig};

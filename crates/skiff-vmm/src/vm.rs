@@ -91,9 +91,11 @@ pub struct Vm {
 impl Vm {
     /// Builds the VM; the guest's console output goes to `console`.
     pub fn create(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Vm, VmmError> {
+        let mut phases = Phases::start();
         let kvm = host::open_kvm(config.allow_slow_kvm)?;
         host::check_vcpus(&kvm, config.vcpus)?;
         host::check_memory(config.memory_bytes)?;
+        phases.done("KVM opened, host checked");
 
         let vm_fd = Arc::new(kvm.create_vm().map_err(VmmError::kvm("create VM"))?);
         vm_fd
@@ -114,6 +116,7 @@ impl Vm {
         vm_fd
             .create_pit2(pit)
             .map_err(VmmError::kvm("create PIT"))?;
+        phases.done("VM, irqchip and PIT created");
 
         let ram = GuestRam::new(
             config.memory_bytes,
@@ -135,6 +138,7 @@ impl Vm {
                 .map_err(VmmError::kvm("register guest memory"))?;
         }
 
+        phases.done("guest memory");
         let (exits, exit_rx) = ExitSender::channel();
         let (mut io_bus, serial) = platform_devices(&vm_fd, &exits, console)?;
         let mut mmio_bus = MmioBus::default();
@@ -148,7 +152,9 @@ impl Vm {
             cmdline: &config.cmdline,
             vcpus: config.vcpus,
         };
+        phases.done("devices");
         let entry = boot::load(&ram, &boot_spec)?;
+        phases.done("kernel, initrd and ACPI tables loaded");
 
         run_control::install_kick_handler().map_err(VmmError::Signal)?;
         let control = Arc::new(RunControl::default());
@@ -166,6 +172,7 @@ impl Vm {
             vcpus.push(vcpu);
         }
 
+        phases.done("vCPUs configured");
         Ok(Vm {
             _kvm: kvm,
             _vm_fd: vm_fd,
@@ -217,6 +224,7 @@ impl Vm {
             let ram = ram.clone();
             let handle = thread::Builder::new()
                 .name(format!("vcpu{id}"))
+                .stack_size(crate::stacks::VCPU)
                 .spawn(move || {
                     let _ram = ram; // guest memory stays mapped while any vCPU can run
                     vcpu.run();
@@ -303,4 +311,23 @@ fn platform_devices(
         Arc::new(Mutex::new(PvPanic::new(exits.clone()))),
     )?;
     Ok((bus, serial))
+}
+
+/// Start-up phases with their durations, in the debug log (`SKIFF_LOG=debug`).
+struct Phases {
+    last: std::time::Instant,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn done(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        log::debug!("{what}: {:.1} ms", (now - self.last).as_secs_f64() * 1000.0);
+        self.last = now;
+    }
 }

@@ -62,6 +62,7 @@ pub fn restore_terminal() {
 pub fn forward_input(serial: Shared<SerialDevice>, exits: ExitSender, escapes: bool) {
     let spawned = thread::Builder::new()
         .name("console".into())
+        .stack_size(skiff_vmm::stacks::SERVICE)
         .spawn(move || {
             let mut stdin = io::stdin().lock();
             let mut filter = EscapeFilter::default();

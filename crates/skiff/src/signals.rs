@@ -34,6 +34,7 @@ pub fn block_termination_signals() -> io::Result<()> {
 pub fn forward_to(exits: ExitSender) -> io::Result<()> {
     thread::Builder::new()
         .name("signals".into())
+        .stack_size(skiff_vmm::stacks::SERVICE)
         .spawn(move || loop {
             let set = signal_set();
             let mut sig: libc::c_int = 0;

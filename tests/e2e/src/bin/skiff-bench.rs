@@ -187,7 +187,10 @@ fn measure(mut vm: Vm, marker: &str, samples: &mut Samples) {
             match vmm_overhead_kib(vm.pid(), u64::from(MEMORY_MIB) << 20) {
                 Ok(kib) => {
                     samples.overhead_kib.push(kib);
-                    eprintln!("{:.2} s, {kib} KiB outside guest RAM", elapsed.as_secs_f64());
+                    eprintln!(
+                        "{:.2} s, {kib} KiB outside guest RAM",
+                        elapsed.as_secs_f64()
+                    );
                 }
                 Err(e) => eprintln!("{:.2} s, smaps: {e}", elapsed.as_secs_f64()),
             }
