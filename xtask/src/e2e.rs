@@ -127,7 +127,30 @@ fn cargo() -> Command {
     command
 }
 
-/// Skiff's binary programs (release build), built first when `build` is set. Programs
+/// The target triple of statically linked builds.
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// `cargo build --release` of statically linked programs (add `-p PACKAGE`). Static
+/// binaries start faster (no dynamic loader: about 45 ms less per start in the emulated
+/// host) and carry only the libc they use. The explicit `--target` keeps the flag away
+/// from build scripts and proc macros, and keeps the dynamic host build intact.
+pub fn static_release_build() -> Command {
+    let mut command = cargo();
+    command
+        .args(["build", "--quiet", "--release", "--target", STATIC_TARGET])
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        );
+    command
+}
+
+/// Where [`static_release_build`] puts its programs.
+pub fn static_release_dir() -> PathBuf {
+    paths::target_dir().join(STATIC_TARGET).join("release")
+}
+
+/// Skiff's binary programs (release build, statically linked), built first when `build` is set. Programs
 /// of packages that do not exist yet are simply absent.
 pub fn skiff_binaries(build: bool) -> Result<Vec<PathBuf>> {
     let metadata = cmd::output(cargo().args(["metadata", "--no-deps", "--format-version", "1"]))?;
@@ -158,14 +181,13 @@ pub fn skiff_binaries(build: bool) -> Result<Vec<PathBuf>> {
         }
     }
     if build && !packages.is_empty() {
-        let mut command = cargo();
-        command.args(["build", "--release"]);
+        let mut command = static_release_build();
         for package in &packages {
             command.args(["-p", package]);
         }
         cmd::run(&mut command).context("cannot build Skiff's release binaries")?;
     }
-    let release = paths::target_dir().join("release");
+    let release = static_release_dir();
     Ok(names
         .iter()
         .map(|n| release.join(n))

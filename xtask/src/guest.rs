@@ -89,29 +89,10 @@ pub fn build_guest_tool() -> Result<Option<PathBuf>> {
         );
         return Ok(None);
     }
-    let target = "x86_64-unknown-linux-gnu";
-    // A separate --target keeps these RUSTFLAGS from invalidating the host build.
-    cmd::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                GUEST_TOOL,
-                "--target",
-                target,
-            ])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .current_dir(&workspace),
-    )
-    .with_context(|| format!("cannot build {GUEST_TOOL}"))?;
-    Ok(Some(
-        paths::target_dir()
-            .join(target)
-            .join("release")
-            .join(GUEST_TOOL),
-    ))
+    // The guest has no libc of its own: the tool must be static.
+    cmd::run(crate::e2e::static_release_build().args(["-p", GUEST_TOOL]))
+        .with_context(|| format!("cannot build {GUEST_TOOL}"))?;
+    Ok(Some(crate::e2e::static_release_dir().join(GUEST_TOOL)))
 }
 
 /// Builds (or reuses) the guest initramfs in `dir`; returns its path.
