@@ -383,3 +383,20 @@ mod tests {
         assert!(matches!(negative, Err(SpecError::Parse(_))));
     }
 }
+
+#[cfg(test)]
+mod readme_example {
+    use super::*;
+
+    /// The spec file shown in README.md must stay valid.
+    #[test]
+    fn readme_spec_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("# vm.toml").expect("README has the example");
+        let body = &readme[start..];
+        let end = body.find("```").expect("example ends");
+        let spec = VmSpec::from_toml(&body[..end]).expect("README example is a valid spec");
+        assert_eq!(spec.vcpus, 2);
+        assert_eq!(spec.name.as_deref(), Some("web-1"));
+    }
+}
