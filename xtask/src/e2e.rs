@@ -244,3 +244,48 @@ pub fn build_tests() -> Result<PathBuf> {
     }
     bail!("cargo built no `{TEST_TARGET}` test executable for skiff-e2e")
 }
+
+/// Runs a program of the harness crate (`skiff-demo`, `skiff-bench`) with `args`, in the
+/// emulated host or directly, with Skiff's binaries and the tests' environment; returns
+/// its exit status.
+pub fn run_harness_bin(
+    name: &str,
+    args: &[String],
+    mode: ModeOpt,
+    timeout: Duration,
+) -> Result<i32> {
+    apt::ensure_installed(apt::HOST_PACKAGES)?;
+    let mode = mode.mode.resolve()?;
+    let assets = assets::prepare()?;
+    let binaries = skiff_binaries(true)?;
+    let program = build_harness_bin(name)?;
+    match mode {
+        Mode::Direct => Ok(Command::new(&program)
+            .args(args)
+            .envs(direct_env(&assets)?)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run {}", program.display()))?
+            .code()
+            .unwrap_or(1)),
+        Mode::Emulated => {
+            println!(
+                "Booting the emulated AMD-V host (QEMU, software CPU); guests run on its KVM."
+            );
+            let mut payload = Payload::default();
+            payload.add_release_binaries(&binaries)?;
+            let exe = format!("{}/{name}", layout::BIN_DIR);
+            payload.add_binary(&exe, &program)?;
+            for (key, value) in emulated_env() {
+                payload.env(key, &value);
+            }
+            payload.command = Some(std::iter::once(exe).chain(args.iter().cloned()).collect());
+            let options = BootOptions {
+                memory: "8G".into(),
+                timeout: Some(timeout),
+                stream: Stream::Plain,
+            };
+            host::boot(&assets, &payload, &options)
+        }
+    }
+}
