@@ -1,5 +1,6 @@
 //! The interface between the transport and a device, and the device's explicit state.
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -91,4 +92,12 @@ pub trait VirtioDevice: Send {
     fn state(&self) -> &DeviceState;
     /// The driver notified queue `index`.
     fn process_queue(&mut self, index: usize);
+    /// Host-side file descriptors the worker waits on besides the queue notifications (a
+    /// tap, vhost's call eventfds), edge-triggered: the device drains each one fully when
+    /// [`VirtioDevice::process_backend`] runs. Asked once, when the worker starts.
+    fn backend_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Backend file descriptor `index` (of [`VirtioDevice::backend_fds`]) is ready.
+    fn process_backend(&mut self, _index: usize) {}
 }

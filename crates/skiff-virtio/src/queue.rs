@@ -60,7 +60,7 @@ where
 }
 
 /// virtio-queue drops an impossible avail index silently; we want to know.
-fn check_avail_index(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
+pub(crate) fn check_avail_index(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
     let avail = queue.avail_idx(mem, Ordering::Acquire)?;
     let pending = (avail - Wrapping(queue.next_avail())).0;
     if pending > queue.size() {

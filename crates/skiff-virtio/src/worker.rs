@@ -16,6 +16,9 @@ use crate::device::VirtioDevice;
 /// Stack of a device worker: queue processing is shallow; block I/O buffers live on the heap.
 const WORKER_STACK: usize = 256 * 1024;
 
+/// Tokens of backend file descriptors start here (queue notifications are 0..queues).
+const BACKEND_TOKEN: usize = 1 << 16;
+
 /// A running worker; dropping the handle does not stop it, [`Worker::stop`] does.
 pub struct Worker {
     stop: EventFd,
@@ -36,6 +39,17 @@ impl Worker {
                 ControlOperation::Add,
                 event.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        let backend = lock(&device).backend_fds();
+        for (i, fd) in backend.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(
+                    EventSet::IN | EventSet::EDGE_TRIGGERED,
+                    (BACKEND_TOKEN + i) as u64,
+                ),
             )?;
         }
         let stop_token = notify.len() as u64;
@@ -65,7 +79,7 @@ impl Worker {
 }
 
 fn run(epoll: Epoll, device: Arc<Mutex<dyn VirtioDevice>>, notify: Vec<EventFd>, stop: u64) {
-    let mut events = vec![EpollEvent::default(); notify.len() + 1];
+    let mut events = vec![EpollEvent::default(); notify.len() + 8];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -81,7 +95,9 @@ fn run(epoll: Epoll, device: Arc<Mutex<dyn VirtioDevice>>, notify: Vec<EventFd>,
                 return;
             }
             let index = token as usize;
-            if let Some(fd) = notify.get(index) {
+            if let Some(backend) = index.checked_sub(BACKEND_TOKEN) {
+                lock(&device).process_backend(backend);
+            } else if let Some(fd) = notify.get(index) {
                 // Non-blocking: a spurious wake-up reads EAGAIN, which is fine.
                 let _ = fd.read();
                 lock(&device).process_queue(index);

@@ -1,4 +1,5 @@
 //! One folder per device.
 
 pub mod block;
+pub mod net;
 pub mod rng;

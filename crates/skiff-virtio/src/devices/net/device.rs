@@ -1,0 +1,144 @@
+//! The network device: features, configuration, state and queue handling.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+
+use super::{
+    deliver, Pending, Tap, DEVICE_TYPE, HDR_LEN, MAX_CHAIN, MAX_FRAME, QUEUE_SIZE, RX_QUEUE,
+    TX_QUEUE,
+};
+use crate::chain::Cursor;
+use crate::device::{ActivateError, Activation, DeviceState, VirtioDevice};
+use crate::features::COMMON;
+
+pub struct Net {
+    name: String,
+    tap: Tap,
+    mac: [u8; 6],
+    state: DeviceState,
+    rx: Pending,
+    tx: Vec<u8>,
+    queue_sizes: [u16; 2],
+}
+
+impl Net {
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+        Net {
+            name: format!("virtio-net {}", tap.name()),
+            tap,
+            mac,
+            state: DeviceState::Inactive,
+            rx: Pending::default(),
+            tx: Vec::with_capacity(MAX_FRAME),
+            queue_sizes: [QUEUE_SIZE; 2],
+        }
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn receive(&mut self) {
+        let DeviceState::Active(active) = &mut self.state else {
+            return;
+        };
+        let Some(queue) = active.queues.get_mut(RX_QUEUE) else {
+            return;
+        };
+        let tap = &self.tap;
+        let mut source = |buf: &mut [u8]| tap.read_frame(buf);
+        match deliver(queue, active.mem.memory(), &mut self.rx, &mut source) {
+            Ok(true) => active.interrupt.signal_queue(RX_QUEUE),
+            Ok(false) => {}
+            Err(e) => {
+                log::error!("{}: receive queue: {e}; device needs a reset", self.name);
+                let interrupt = active.interrupt.clone();
+                self.state = DeviceState::NeedsReset;
+                interrupt.signal_config();
+            }
+        }
+    }
+
+    fn transmit(&mut self) {
+        let (name, tap, buf) = (&self.name, &self.tap, &mut self.tx);
+        self.state
+            .process_queue(name, TX_QUEUE, MAX_CHAIN, |mem, chain| {
+                let len = chain.readable_len();
+                if len <= HDR_LEN as u64 || len > MAX_FRAME as u64 {
+                    log::debug!("{name}: dropping a {len}-byte transmit chain");
+                    return Ok(0);
+                }
+                buf.resize(len as usize, 0);
+                Cursor::new(mem, &chain.readable, chain.head).read_exact(buf, "frame")?;
+                if let Err(e) = tap.write_frame(buf) {
+                    log::debug!("{name}: tap write failed, frame dropped: {e}");
+                }
+                Ok(0)
+            });
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        COMMON | 1 << VIRTIO_NET_F_MAC
+    }
+
+    /// `struct virtio_net_config`: the MAC, then fields for features not offered (zero).
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&self.mac);
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = offset.saturating_add(i as u64);
+            *byte = usize::try_from(at)
+                .ok()
+                .and_then(|at| config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        self.state = DeviceState::Active(activation);
+        // Frames may be waiting in the tap already.
+        self.receive();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.state = DeviceState::Inactive;
+        self.rx.clear();
+    }
+
+    fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        match index {
+            RX_QUEUE => self.receive(),
+            TX_QUEUE => self.transmit(),
+            _ => {}
+        }
+    }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        vec![self.tap.as_raw_fd()]
+    }
+
+    fn process_backend(&mut self, _index: usize) {
+        self.receive();
+    }
+}
