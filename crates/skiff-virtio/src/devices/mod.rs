@@ -1,5 +1,6 @@
 //! One folder per device.
 
+pub mod balloon;
 pub mod block;
 pub mod net;
 pub mod rng;
