@@ -70,6 +70,8 @@ impl DeviceState {
 pub enum ActivateError {
     #[error("queue {0} is not usable: {1}")]
     Queue(usize, String),
+    #[error("the host back end failed: {0}")]
+    Backend(String),
 }
 
 /// A virtio device: its identity, features and configuration space, and its queue
