@@ -4,3 +4,4 @@ pub mod balloon;
 pub mod block;
 pub mod net;
 pub mod rng;
+pub mod vsock;
