@@ -3,8 +3,10 @@
 //! thing everywhere.
 
 pub mod control;
+pub mod net;
 mod size;
 mod spec;
 
+pub use net::{MacAddr, NicSpec, VsockSpec};
 pub use size::{ByteSize, SizeError};
 pub use spec::{DiskSpec, MemorySpec, SpecError, VmSpec, DEFAULT_SHARES};

@@ -40,6 +40,12 @@ pub struct VmSpec {
     /// A virtio-rng device fed from the host's getrandom.
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// Network interfaces (virtio-net on taps), in the order the guest sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::NicSpec>,
+    /// A vsock device (host kernel's vhost-vsock) with this guest CID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<crate::VsockSpec>,
 }
 
 /// A virtio-blk disk backed by a raw image file.
@@ -230,6 +236,8 @@ impl VmSpec {
         if self.cmdline.contains('\0') {
             return Err(SpecError::invalid("cmdline", "must not contain NUL"));
         }
+        crate::net::validate(&self.nics, self.vsock.as_ref())
+            .map_err(|(field, reason)| SpecError::invalid(field, reason))?;
         for disk in &self.disks {
             if disk.path.as_os_str().is_empty() {
                 return Err(SpecError::invalid("disks.path", "must name an image file"));

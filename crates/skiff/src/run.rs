@@ -43,6 +43,13 @@ pub struct RunArgs {
     /// No virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// A virtio-net interface on a tap (created if missing): `tap=NAME[,bridge=BR][,mac=MAC]`;
+    /// repeat for more.
+    #[arg(long = "nic", value_name = "tap=NAME[,bridge=BR][,mac=MAC]")]
+    nics: Vec<skiff_api::NicSpec>,
+    /// A vsock device (vhost-vsock) with guest CID N: `cid=N`.
+    #[arg(long, value_name = "cid=N")]
+    vsock: Option<skiff_api::VsockSpec>,
     /// Serve the control protocol (stats, pause, resume, stop) on this unix socket.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -60,6 +67,8 @@ impl RunArgs {
                 initrd: None,
                 cmdline: DEFAULT_CMDLINE.to_string(),
                 disks: Vec::new(),
+                nics: Vec::new(),
+                vsock: None,
                 rng: true,
             },
         };
@@ -79,6 +88,10 @@ impl RunArgs {
             spec.memory.size = memory;
         }
         spec.disks.extend(self.disks.iter().cloned());
+        spec.nics.extend(self.nics.iter().cloned());
+        if let Some(vsock) = self.vsock {
+            spec.vsock = Some(vsock);
+        }
         if self.no_rng {
             spec.rng = false;
         }

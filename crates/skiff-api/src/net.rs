@@ -1,0 +1,207 @@
+//! Network interfaces and vsock in the VM spec: `nics = [{ tap = "tap0", bridge = "br0",
+//! mac = "52:54:00:12:34:56" }]` and `vsock = { cid = 3 }`; on the command line
+//! `--nic tap=NAME[,bridge=BR][,mac=MAC]` and `--vsock cid=N`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Linux interface names are at most 15 bytes.
+const MAX_IFNAME: usize = 15;
+/// CIDs 0-2 are reserved (hypervisor, local, host); u32::MAX is `VMADDR_CID_ANY`.
+pub const MIN_GUEST_CID: u64 = 3;
+pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
+
+/// A MAC address, written `52:54:00:12:34:56`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a MAC address like 52:54:00:12:34:56");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A virtio-net interface on a tap (created if missing), optionally enslaved to a bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    pub tap: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// The guest's MAC; default a random locally administered 52:54:00:xx:xx:xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+}
+
+/// The command-line form: `tap=NAME[,bridge=BR][,mac=MAC]` (a bare `NAME` first works too).
+impl FromStr for NicSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut nic = NicSpec {
+            tap: String::new(),
+            bridge: None,
+            mac: None,
+        };
+        for (i, part) in s.split(',').enumerate() {
+            match part.split_once('=') {
+                Some(("tap", t)) => nic.tap = t.to_string(),
+                Some(("bridge", b)) => nic.bridge = Some(b.to_string()),
+                Some(("mac", m)) => nic.mac = Some(m.parse()?),
+                None if i == 0 => nic.tap = part.to_string(),
+                _ => {
+                    return Err(format!(
+                        "unknown NIC option `{part}` (expected tap=NAME, bridge=BR, mac=MAC)"
+                    ))
+                }
+            }
+        }
+        check_ifname(&nic.tap).map_err(|e| format!("tap: {e}"))?;
+        Ok(nic)
+    }
+}
+
+/// A vsock device: host programs reach the guest at `cid` with AF_VSOCK sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockSpec {
+    pub cid: u64,
+}
+
+/// The command-line form: `cid=N` (a bare `N` works too).
+impl FromStr for VsockSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let n = s.strip_prefix("cid=").unwrap_or(s);
+        let cid = n
+            .parse()
+            .map_err(|_| format!("`{s}` is not cid=N with a number N"))?;
+        Ok(VsockSpec { cid })
+    }
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IFNAME {
+        return Err(format!("`{name}` must be 1 to {MAX_IFNAME} bytes"));
+    }
+    if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+    {
+        return Err(format!("`{name}` has `/`, `:`, a space or NUL"));
+    }
+    Ok(())
+}
+
+/// The checks `VmSpec::validate` runs on `nics` and `vsock`: (field, reason) on failure.
+pub(crate) fn validate(
+    nics: &[NicSpec],
+    vsock: Option<&VsockSpec>,
+) -> Result<(), (&'static str, String)> {
+    for (i, nic) in nics.iter().enumerate() {
+        check_ifname(&nic.tap).map_err(|e| ("nics.tap", e))?;
+        if let Some(bridge) = &nic.bridge {
+            check_ifname(bridge).map_err(|e| ("nics.bridge", e))?;
+        }
+        if let Some(mac) = nic.mac {
+            if mac.0[0] & 1 != 0 {
+                return Err(("nics.mac", format!("{mac} is a multicast address")));
+            }
+        }
+        if nics[..i].iter().any(|other| other.tap == nic.tap) {
+            return Err(("nics.tap", format!("`{}` is used twice", nic.tap)));
+        }
+    }
+    if let Some(v) = vsock {
+        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&v.cid) {
+            return Err((
+                "vsock.cid",
+                format!(
+                    "{} is reserved or too large (use {MIN_GUEST_CID} to {MAX_GUEST_CID})",
+                    v.cid
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_flag_syntax() {
+        let n: NicSpec = "tap=tap0,bridge=br0,mac=52:54:00:AB:cd:01"
+            .parse()
+            .expect("valid");
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.bridge.as_deref(), Some("br0"));
+        assert_eq!(n.mac, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1])));
+        assert_eq!(
+            n.mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:ab:cd:01")
+        );
+        let bare: NicSpec = "tap1".parse().expect("valid");
+        assert_eq!(bare.tap, "tap1");
+        assert!("tap=tap0,mac=52:54:00:ab:cd".parse::<NicSpec>().is_err());
+        assert!("tap=tap0,mac=52:54:00:ab:cd:01:02"
+            .parse::<NicSpec>()
+            .is_err());
+        assert!("tap=tap0,queues=2".parse::<NicSpec>().is_err());
+        assert!("tap=a-name-that-is-too-long".parse::<NicSpec>().is_err());
+    }
+
+    #[test]
+    fn vsock_flag_syntax_and_checks() {
+        assert_eq!("cid=3".parse::<VsockSpec>(), Ok(VsockSpec { cid: 3 }));
+        assert_eq!("42".parse::<VsockSpec>(), Ok(VsockSpec { cid: 42 }));
+        assert!("cid=x".parse::<VsockSpec>().is_err());
+        assert!(validate(&[], Some(&VsockSpec { cid: 2 })).is_err());
+        assert!(validate(&[], Some(&VsockSpec { cid: 3 })).is_ok());
+        let nic: NicSpec = "tap0,mac=01:00:5e:00:00:01".parse().expect("syntax");
+        assert_eq!(validate(&[nic], None).map_err(|(f, _)| f), Err("nics.mac"));
+    }
+}
