@@ -13,6 +13,10 @@ pub enum ControlRequest {
     Resume,
     /// End the VM now, as if its power were cut.
     Stop,
+    /// Set the balloon's size: memory taken from the guest (0 deflates it completely).
+    Balloon {
+        target_mib: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +37,9 @@ pub struct VmStats {
     /// The VMM process's whole resident set (guest memory included).
     pub vmm_rss_bytes: u64,
     pub uptime_ms: u64,
+    /// The balloon, if the VM has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::balloon::BalloonStats>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +75,9 @@ mod tests {
         let req: ControlRequest = serde_json::from_str(r#"{"command":"pause"}"#).expect("parse");
         assert_eq!(req, ControlRequest::Pause);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"command":"fly"}"#).is_err());
+        let req: ControlRequest =
+            serde_json::from_str(r#"{"command":"balloon","target_mib":256}"#).expect("parse");
+        assert_eq!(req, ControlRequest::Balloon { target_mib: 256 });
         let text = serde_json::to_string(&ControlResponse::error("no")).expect("json");
         assert_eq!(text, r#"{"status":"error","message":"no"}"#);
         let text = serde_json::to_string(&ControlResponse::ok()).expect("json");

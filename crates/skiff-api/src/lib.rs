@@ -2,11 +2,13 @@
 //! flags. The VMM, the daemon and the CLI all use these types, so a field means the same
 //! thing everywhere.
 
+pub mod balloon;
 pub mod control;
 pub mod net;
 mod size;
 mod spec;
 
+pub use balloon::BalloonSpec;
 pub use net::{MacAddr, NicSpec, VsockSpec};
 pub use size::{ByteSize, SizeError};
 pub use spec::{DiskSpec, MemorySpec, SpecError, VmSpec, DEFAULT_SHARES};

@@ -46,6 +46,9 @@ pub struct VmSpec {
     /// A vsock device (host kernel's vhost-vsock) with this guest CID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<crate::VsockSpec>,
+    /// The virtio-balloon device (on by default).
+    #[serde(default)]
+    pub balloon: crate::BalloonSpec,
 }
 
 /// A virtio-blk disk backed by a raw image file.
@@ -235,6 +238,15 @@ impl VmSpec {
         }
         if self.cmdline.contains('\0') {
             return Err(SpecError::invalid("cmdline", "must not contain NUL"));
+        }
+        if self.balloon.stats_interval_secs > crate::balloon::MAX_STATS_INTERVAL_SECS {
+            return Err(SpecError::invalid(
+                "balloon.stats_interval_secs",
+                format!(
+                    "must be at most {} seconds",
+                    crate::balloon::MAX_STATS_INTERVAL_SECS
+                ),
+            ));
         }
         crate::net::validate(&self.nics, self.vsock.as_ref())
             .map_err(|(field, reason)| SpecError::invalid(field, reason))?;

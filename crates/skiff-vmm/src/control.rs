@@ -89,6 +89,10 @@ pub fn handle(request: ControlRequest, vm: &VmHandle) -> ControlResponse {
             vm.resume();
             ControlResponse::ok()
         }
+        ControlRequest::Balloon { target_mib } => match vm.set_balloon_target(target_mib) {
+            Ok(()) => ControlResponse::ok(),
+            Err(e) => ControlResponse::error(e.to_string()),
+        },
         ControlRequest::Stop => {
             vm.stop(VmExit::Stopped);
             ControlResponse::ok()

@@ -1,10 +1,12 @@
 //! Control over a running VM from other threads: pause, resume, stop and its figures.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use skiff_api::control::{RunState, VmStats};
+use skiff_pci::msix::lock;
+use skiff_virtio::devices::balloon::{Balloon, BalloonError};
 
 use crate::cpu::run_control::{self, PauseError, Requested, RunControl};
 use crate::exit::{ExitSender, VmExit};
@@ -25,6 +27,17 @@ struct Inner {
     exits: ExitSender,
     started: Instant,
     vcpus: u32,
+    balloon: Option<Arc<Mutex<Balloon>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BalloonRequestError {
+    #[error("this VM has no balloon device")]
+    NoBalloon,
+    #[error(transparent)]
+    Target(#[from] BalloonError),
+    #[error("a balloon of {0} MiB is out of range")]
+    TooLarge(u64),
 }
 
 impl VmHandle {
@@ -34,6 +47,7 @@ impl VmHandle {
         ram: GuestRam,
         exits: ExitSender,
         vcpus: u32,
+        balloon: Option<Arc<Mutex<Balloon>>>,
     ) -> Self {
         VmHandle {
             inner: Arc::new(Inner {
@@ -43,6 +57,7 @@ impl VmHandle {
                 exits,
                 started: Instant::now(),
                 vcpus,
+                balloon,
             }),
         }
     }
@@ -85,6 +100,20 @@ impl VmHandle {
         &self.inner.ram
     }
 
+    /// Sets the balloon's size (memory taken from the guest); 0 deflates it.
+    pub fn set_balloon_target(&self, target_mib: u64) -> Result<(), BalloonRequestError> {
+        let balloon = self
+            .inner
+            .balloon
+            .as_ref()
+            .ok_or(BalloonRequestError::NoBalloon)?;
+        let bytes = target_mib
+            .checked_mul(1 << 20)
+            .ok_or(BalloonRequestError::TooLarge(target_mib))?;
+        lock(balloon).set_target(bytes)?;
+        Ok(())
+    }
+
     pub fn stats(&self) -> io::Result<VmStats> {
         Ok(VmStats {
             state: self.state(),
@@ -93,6 +122,11 @@ impl VmHandle {
             guest_resident_bytes: self.inner.ram.resident_bytes()?,
             vmm_rss_bytes: process_rss()?,
             uptime_ms: self.inner.started.elapsed().as_millis() as u64,
+            balloon: self
+                .inner
+                .balloon
+                .as_ref()
+                .map(|b| crate::pci::balloon::stats(&lock(b).info())),
         })
     }
 }

@@ -60,6 +60,7 @@ impl VmConfig {
             allow_slow_kvm: false,
             devices: PciConfig {
                 rng: spec.rng,
+                balloon: pci::balloon::BalloonSettings::from_spec(&spec.balloon),
                 disks: spec
                     .disks
                     .iter()
@@ -236,7 +237,14 @@ impl Vm {
             _kvm,
             _vm_fd,
             exit_rx,
-            handle: VmHandle::new(control, threads, ram, exits, vcpu_count),
+            handle: VmHandle::new(
+                control,
+                threads,
+                ram,
+                exits,
+                vcpu_count,
+                devices.balloon.as_ref().map(|b| b.device.clone()),
+            ),
             devices,
         })
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand};
 use skiff_api::control::{ControlRequest, ControlResponse};
 
 #[derive(Args)]
@@ -11,16 +11,24 @@ pub struct CtlArgs {
     /// The VMM's control socket (`skiff run --control-socket`).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
-    #[arg(value_enum)]
+    #[command(subcommand)]
     action: Action,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Subcommand)]
 enum Action {
+    /// Print the VM's state and memory figures (JSON), the balloon's included.
     Stats,
+    /// Stop the vCPUs.
     Pause,
     Resume,
+    /// End the VM now.
     Stop,
+    /// Set the balloon's size in MiB: memory taken from the guest (0 deflates it).
+    Balloon {
+        #[arg(value_name = "MIB")]
+        target_mib: u64,
+    },
 }
 
 pub fn run(args: CtlArgs) -> Result<u8> {
@@ -29,6 +37,7 @@ pub fn run(args: CtlArgs) -> Result<u8> {
         Action::Pause => ControlRequest::Pause,
         Action::Resume => ControlRequest::Resume,
         Action::Stop => ControlRequest::Stop,
+        Action::Balloon { target_mib } => ControlRequest::Balloon { target_mib },
     };
     let response = skiff_vmm::control::request(&args.socket, &request)
         .with_context(|| format!("cannot reach the VMM at {}", args.socket.display()))?;

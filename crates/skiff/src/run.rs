@@ -50,6 +50,15 @@ pub struct RunArgs {
     /// A vsock device (vhost-vsock) with guest CID N: `cid=N`.
     #[arg(long, value_name = "cid=N")]
     vsock: Option<skiff_api::VsockSpec>,
+    /// No virtio-balloon device (on by default, with stats and free page reporting).
+    #[arg(long)]
+    no_balloon: bool,
+    /// Seconds between balloon statistics requests; 0 offers no stats queue [default: 1].
+    #[arg(long, value_name = "SECS")]
+    balloon_stats_interval: Option<u32>,
+    /// No free page reporting: memory the guest frees stays with the VMM.
+    #[arg(long)]
+    no_free_page_reporting: bool,
     /// Serve the control protocol (stats, pause, resume, stop) on this unix socket.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -70,6 +79,7 @@ impl RunArgs {
                 nics: Vec::new(),
                 vsock: None,
                 rng: true,
+                balloon: skiff_api::BalloonSpec::default(),
             },
         };
         if let Some(kernel) = &self.kernel {
@@ -94,6 +104,15 @@ impl RunArgs {
         }
         if self.no_rng {
             spec.rng = false;
+        }
+        if self.no_balloon {
+            spec.balloon.enabled = false;
+        }
+        if let Some(secs) = self.balloon_stats_interval {
+            spec.balloon.stats_interval_secs = secs;
+        }
+        if self.no_free_page_reporting {
+            spec.balloon.free_page_reporting = false;
         }
         if spec.kernel.as_os_str().is_empty() {
             anyhow::bail!("no kernel: pass --kernel PATH or a spec file with `kernel`");

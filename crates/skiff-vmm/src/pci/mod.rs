@@ -3,6 +3,7 @@
 //! a small typed registry, each on its own worker thread.
 
 pub mod acpi;
+pub mod balloon;
 pub mod bus;
 pub mod interrupts;
 
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use skiff_pci::PciRoot;
+use skiff_virtio::devices::balloon::Balloon;
 use skiff_virtio::devices::block::{Block, BlockOptions, DiskError, DiskFile};
 use skiff_virtio::devices::rng::Rng;
 use skiff_virtio::transport::TransportError;
@@ -40,6 +42,8 @@ pub struct DiskConfig {
 pub struct PciConfig {
     pub rng: bool,
     pub disks: Vec<DiskConfig>,
+    /// The virtio-balloon device, if any.
+    pub balloon: Option<balloon::BalloonSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +86,17 @@ pub struct PciDevices {
     pub root: bus::SharedRoot,
     pub rng: Option<Attached<Rng>>,
     pub disks: Vec<Attached<Block>>,
+    pub balloon: Option<Attached<Balloon>>,
     workers: Vec<Worker>,
+    stats_timer: Option<balloon::StatsTimer>,
 }
 
 impl PciDevices {
     /// Stops the device worker threads (the VM is going away).
     pub fn stop(self) {
+        if let Some(timer) = self.stats_timer {
+            timer.stop();
+        }
         for w in self.workers {
             w.stop();
         }
@@ -144,10 +153,30 @@ pub fn attach(
         };
         disks.push(builder.add(Block::new(Box::new(file), options))?);
     }
+    let (balloon, stats_timer) = match &config.balloon {
+        Some(settings) => {
+            let device = Balloon::new(settings.options, ram.size(), Arc::new(ram.clone()));
+            let attached = builder.add(device)?;
+            let timer = match settings.options.stats {
+                true => Some(
+                    balloon::StatsTimer::spawn(attached.device.clone(), settings.stats_interval)
+                        .map_err(|source| DeviceError::Worker {
+                            name: "balloon-stats".into(),
+                            source,
+                        })?,
+                ),
+                false => None,
+            };
+            (Some(attached), timer)
+        }
+        None => (None, None),
+    };
     Ok(PciDevices {
         root,
         rng,
         disks,
+        balloon,
+        stats_timer,
         workers: builder.workers,
     })
 }
