@@ -61,6 +61,12 @@ impl VmConfig {
             devices: PciConfig {
                 rng: spec.rng,
                 balloon: pci::balloon::BalloonSettings::from_spec(&spec.balloon),
+                nics: spec
+                    .nics
+                    .iter()
+                    .map(pci::net::NicConfig::from_spec)
+                    .collect(),
+                vsock: spec.vsock.map(|v| v.cid),
                 disks: spec
                     .disks
                     .iter()

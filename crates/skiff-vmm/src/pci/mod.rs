@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod balloon;
 pub mod bus;
 pub mod interrupts;
+pub mod net;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,10 @@ pub struct PciConfig {
     pub disks: Vec<DiskConfig>,
     /// The virtio-balloon device, if any.
     pub balloon: Option<balloon::BalloonSettings>,
+    /// virtio-net interfaces on taps.
+    pub nics: Vec<net::NicConfig>,
+    /// A vsock device with this guest CID.
+    pub vsock: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,8 @@ pub enum DeviceError {
     },
     #[error(transparent)]
     Mmio(#[from] MmioOverlapError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
 }
 
 impl GuestMemoryProvider for GuestRam {
@@ -87,6 +94,8 @@ pub struct PciDevices {
     pub rng: Option<Attached<Rng>>,
     pub disks: Vec<Attached<Block>>,
     pub balloon: Option<Attached<Balloon>>,
+    pub nics: Vec<Attached<skiff_virtio::devices::net::Net>>,
+    pub vsock: Option<Attached<skiff_virtio::devices::vsock::Vsock>>,
     workers: Vec<Worker>,
     stats_timer: Option<balloon::StatsTimer>,
 }
@@ -171,10 +180,24 @@ pub fn attach(
         }
         None => (None, None),
     };
+    let mut nics = Vec::with_capacity(config.nics.len());
+    for (index, nic) in config.nics.iter().enumerate() {
+        let device = net::open_nic(index, nic).map_err(DeviceError::from)?;
+        nics.push(builder.add(device)?);
+    }
+    let vsock = match config.vsock {
+        Some(cid) => {
+            let device = net::open_vsock(cid, builder.mem.clone()).map_err(DeviceError::from)?;
+            Some(builder.add(device)?)
+        }
+        None => None,
+    };
     Ok(PciDevices {
         root,
         rng,
         disks,
+        nics,
+        vsock,
         balloon,
         stats_timer,
         workers: builder.workers,
