@@ -1,13 +1,13 @@
 //! Skiff's end-to-end tests: one test binary (one libtest summary), one module per
 //! feature under `e2e/`. Run them with `cargo xtask e2e [FILTER]` (docs/testing.md).
 
-#[path = "e2e/balloon.rs"]
-mod balloon;
-#[path = "e2e/block.rs"]
-mod block;
 #[path = "e2e/boot.rs"]
 mod boot;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/net.rs"]
+mod net;
 #[path = "e2e/vmm.rs"]
 mod vmm;
+#[path = "e2e/vsock.rs"]
+mod vsock;

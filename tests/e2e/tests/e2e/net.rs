@@ -1,0 +1,201 @@
+//! virtio-net (issue 4): 32 MiB each way between a guest and the host over tap + bridge,
+//! with matching SHA-256. The test builds the bridge in the host it runs on (in emulated
+//! mode that is the emulated AMD-V host, so the 10.0.2.0/24 addresses never leave the
+//! sandbox); `skiff run --nic` creates the tap and enslaves it to the bridge.
+
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use skiff_e2e::{GuestSpec, Vmm, INIT_READY};
+
+const BRIDGE: &str = "skbr0";
+const TAP: &str = "sktap0";
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+const GUEST_IP: &str = "10.0.2.15";
+const MAC: &str = "52:54:00:12:34:56";
+const MIB: usize = 32;
+const TO_HOST_PORT: u16 = 5201;
+const TO_GUEST_PORT: u16 = 5202;
+/// `SIOCBRADDBR` (linux/sockios.h): create a bridge.
+const SIOCBRADDBR: libc::c_ulong = 0x89a0;
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sockaddr_in` and `sockaddr` have the same size; any bytes are a valid
+    // `sockaddr`.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+/// Creates bridge `BRIDGE` (if missing) with HOST_IP/24 and brings it up.
+fn set_up_bridge() -> io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(fd, "socket")?;
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = CString::new(BRIDGE).map_err(io::Error::other)?;
+    // SAFETY: SIOCBRADDBR reads a NUL-terminated name, which `name` is.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDBR, name.as_ptr()) };
+    if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+        check(ret, "SIOCBRADDBR")?;
+    }
+    let mut req = ifreq(BRIDGE);
+    req.ifr_ifru.ifru_addr = sockaddr(HOST_IP);
+    // SAFETY: SIOCSIFADDR reads an `ifreq` holding an AF_INET address.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) };
+    check(ret, "SIOCSIFADDR")?;
+    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::new(255, 255, 255, 0));
+    // SAFETY: SIOCSIFNETMASK reads an `ifreq` holding an AF_INET mask.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) };
+    check(ret, "SIOCSIFNETMASK")?;
+    let mut req = ifreq(BRIDGE);
+    // SAFETY: SIOCGIFFLAGS fills the flags of the `ifreq` we pass.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    check(ret, "SIOCGIFFLAGS")?;
+    // SAFETY: SIOCGIFFLAGS set the `ifru_flags` member.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads an `ifreq`.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    check(ret, "SIOCSIFFLAGS")
+}
+
+/// Deterministic, incompressible test data (xorshift64*).
+fn fill(buf: &mut [u8], state: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let v = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of the `n`-th `key=` line of the guest's output.
+fn value<'a>(output: &'a str, key: &str, n: usize) -> Option<&'a str> {
+    output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .nth(n)
+}
+
+#[test]
+fn tcp_32_mib_each_way_over_tap_and_bridge() {
+    set_up_bridge().expect("bridge in the host (needs CAP_NET_ADMIN)");
+    let listener = TcpListener::bind((HOST_IP, TO_HOST_PORT)).expect("host listener");
+    let (got_tx, got_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let result = listener.accept().and_then(|(mut stream, _)| {
+            let start = Instant::now();
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0usize;
+            loop {
+                let n = stream.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                total += n;
+            }
+            Ok((hex(&hasher.finalize()), total, start.elapsed()))
+        });
+        let _ = got_tx.send(result);
+    });
+
+    let cmd = format!(
+        "ip link set eth0 up && ip addr add {GUEST_IP}/24 dev eth0 && \
+         cat /sys/class/net/eth0/address && \
+         skiff-guest-tool net-send {HOST_IP} {TO_HOST_PORT} {MIB} && \
+         skiff-guest-tool net-recv {TO_GUEST_PORT}"
+    );
+    let mut vm = GuestSpec::new(Vmm::Skiff)
+        .vmm_arg("--nic")
+        .vmm_arg(format!("tap={TAP},bridge={BRIDGE},mac={MAC}"))
+        .cmd(cmd)
+        .timeout(Duration::from_secs(300))
+        .spawn()
+        .expect("spawn");
+    vm.wait_for(INIT_READY, Duration::from_secs(120))
+        .expect("guest boots");
+    vm.wait_for(
+        &format!("listening_port={TO_GUEST_PORT}"),
+        Duration::from_secs(240),
+    )
+    .expect("guest sent its 32 MiB and listens");
+    let (host_sha, host_bytes, to_host) = got_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("host receiver finished")
+        .expect("host receiver");
+
+    // Host -> guest.
+    let mut stream = TcpStream::connect((GUEST_IP, TO_GUEST_PORT)).expect("connect to guest");
+    let start = Instant::now();
+    let mut hasher = Sha256::new();
+    let mut state = 0x5eed_u64;
+    let mut buf = vec![0u8; 1 << 16];
+    for _ in 0..(MIB << 20) / buf.len() {
+        fill(&mut buf, &mut state);
+        hasher.update(&buf);
+        stream.write_all(&buf).expect("send to guest");
+    }
+    drop(stream);
+    let sent_sha = hex(&hasher.finalize());
+    let to_guest = start.elapsed();
+
+    let out = vm.wait(Duration::from_secs(120)).expect("guest ends");
+    let output = out.command_output();
+    assert_eq!(out.guest_status, Some(0), "{out}");
+    assert!(output.contains(MAC), "guest MAC\n{out}");
+    assert_eq!(host_bytes, MIB << 20, "{out}");
+    assert_eq!(
+        value(&output, "sha256", 0),
+        Some(host_sha.as_str()),
+        "guest -> host\n{out}"
+    );
+    assert_eq!(
+        value(&output, "sha256", 1),
+        Some(sent_sha.as_str()),
+        "host -> guest\n{out}"
+    );
+    eprintln!(
+        "virtio-net: guest->host {MIB} MiB in {:.2} s (guest: {} MiB/s), host->guest in {:.2} s (guest: {} MiB/s)",
+        to_host.as_secs_f64(),
+        value(&output, "throughput_mib_s", 0).unwrap_or("?"),
+        to_guest.as_secs_f64(),
+        value(&output, "throughput_mib_s", 1).unwrap_or("?"),
+    );
+}
