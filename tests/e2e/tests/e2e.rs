@@ -1,6 +1,10 @@
 //! Skiff's end-to-end tests: one test binary (one libtest summary), one module per
 //! feature under `e2e/`. Run them with `cargo xtask e2e [FILTER]` (docs/testing.md).
 
+#[path = "e2e/balloon.rs"]
+mod balloon;
+#[path = "e2e/block.rs"]
+mod block;
 #[path = "e2e/boot.rs"]
 mod boot;
 #[path = "e2e/harness.rs"]
