@@ -2,7 +2,10 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+};
 
 use super::{
     deliver, Pending, Tap, DEVICE_TYPE, HDR_LEN, MAX_CHAIN, MAX_FRAME, QUEUE_SIZE, RX_QUEUE,
@@ -10,7 +13,31 @@ use super::{
 };
 use crate::chain::Cursor;
 use crate::device::{ActivateError, Activation, DeviceState, VirtioDevice};
-use crate::features::COMMON;
+use crate::features::{has, COMMON};
+
+/// Offloads offered: the guest may send partially checksummed and TSO frames (the tap
+/// takes them as they are), and may receive them (the tap is told so on activation).
+const OFFLOADS: u64 = 1 << VIRTIO_NET_F_CSUM
+    | 1 << VIRTIO_NET_F_HOST_TSO4
+    | 1 << VIRTIO_NET_F_HOST_TSO6
+    | 1 << VIRTIO_NET_F_GUEST_CSUM
+    | 1 << VIRTIO_NET_F_GUEST_TSO4
+    | 1 << VIRTIO_NET_F_GUEST_TSO6;
+
+/// The tap offloads (`TUN_F_*`) matching the receive offloads the driver accepted.
+pub fn tap_offloads(features: u64) -> libc::c_uint {
+    let mut flags = 0;
+    if has(features, VIRTIO_NET_F_GUEST_CSUM) {
+        flags |= libc::TUN_F_CSUM;
+        if has(features, VIRTIO_NET_F_GUEST_TSO4) {
+            flags |= libc::TUN_F_TSO4;
+        }
+        if has(features, VIRTIO_NET_F_GUEST_TSO6) {
+            flags |= libc::TUN_F_TSO6;
+        }
+    }
+    flags
+}
 
 pub struct Net {
     name: String,
@@ -93,7 +120,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        COMMON | 1 << VIRTIO_NET_F_MAC
+        COMMON | 1 << VIRTIO_NET_F_MAC | OFFLOADS
     }
 
     /// `struct virtio_net_config`: the MAC, then fields for features not offered (zero).
@@ -111,6 +138,11 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        if let Err(e) = self.tap.set_offload(tap_offloads(activation.features)) {
+            // The tap then sends complete frames, which a driver expecting offloads
+            // takes as well.
+            log::warn!("{}: {e}", self.name);
+        }
         self.state = DeviceState::Active(activation);
         // Frames may be waiting in the tap already.
         self.receive();
@@ -120,6 +152,9 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.state = DeviceState::Inactive;
         self.rx.clear();
+        if let Err(e) = self.tap.set_offload(0) {
+            log::warn!("{}: {e}", self.name);
+        }
     }
 
     fn state(&self) -> &DeviceState {
@@ -140,5 +175,24 @@ impl VirtioDevice for Net {
 
     fn process_backend(&mut self, _index: usize) {
         self.receive();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_offloads_follow_the_receive_features() {
+        assert_eq!(tap_offloads(0), 0);
+        assert_eq!(tap_offloads(1 << VIRTIO_NET_F_GUEST_TSO4), 0);
+        assert_eq!(
+            tap_offloads(1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4
+        );
+        assert_eq!(
+            tap_offloads(OFFLOADS),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! waits on the tap's file descriptor: frames from the tap go to the receive queue when
 //! the driver has buffers, and stay queued in the tap (the kernel's) otherwise. The tap
 //! carries the 12-byte `virtio_net_hdr_v1` itself (`IFF_VNET_HDR`), so frames pass
-//! between guest and tap without reformatting. No offloads are negotiated yet (no
-//! CSUM/TSO): the guest and the host compute checksums and segment in software.
+//! between guest and tap without reformatting. Checksum and TSO offloads are offered both
+//! ways (the tap is told which ones the driver accepted); mergeable receive buffers are
+//! not, so a driver that takes TSO posts 64 KiB receive chains ("big packets").
 
 mod device;
 mod rx;

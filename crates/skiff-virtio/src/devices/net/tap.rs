@@ -76,7 +76,7 @@ fn control_socket() -> io::Result<OwnedFd> {
 
 impl Tap {
     /// Creates tap `name` (or attaches to an existing persistent one), non-blocking, with a
-    /// 12-byte `virtio_net_hdr_v1` before each frame and no offloads, and brings it up.
+    /// 12-byte `virtio_net_hdr_v1` before each frame and no offloads (yet), and brings it up.
     pub fn open(name: &str) -> Result<Tap, TapError> {
         check_name(name)?;
         let file = OpenOptions::new()
@@ -103,12 +103,19 @@ impl Tap {
         // SAFETY: TUNSETVNETHDRSZ reads an int, which `hdr_len` is.
         let ret = unsafe { libc::ioctl(tap.raw(), libc::TUNSETVNETHDRSZ, &hdr_len) };
         tap.check(ret, "TUNSETVNETHDRSZ")?;
-        // No offloads: the host kernel hands us complete, checksummed frames.
-        // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        let ret = unsafe { libc::ioctl(tap.raw(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
-        tap.check(ret, "TUNSETOFFLOAD")?;
+        // No offloads until the driver accepts them: complete, checksummed frames.
+        tap.set_offload(0)?;
         tap.set_up()?;
         Ok(tap)
+    }
+
+    /// Which partial-checksum and GSO frames the tap may hand us (`TUN_F_*`), matching
+    /// what the driver accepted (GUEST_CSUM, GUEST_TSO4/6).
+    pub fn set_offload(&self, flags: libc::c_uint) -> Result<(), TapError> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        let ret =
+            unsafe { libc::ioctl(self.raw(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+        self.check(ret, "TUNSETOFFLOAD")
     }
 
     pub fn name(&self) -> &str {
