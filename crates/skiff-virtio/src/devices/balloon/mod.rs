@@ -45,3 +45,6 @@ pub enum BalloonError {
     #[error("a balloon of {target_mib} MiB is more than the guest's {memory_mib} MiB of memory")]
     TargetTooLarge { target_mib: u64, memory_mib: u64 },
 }
+
+#[cfg(test)]
+mod tests;
