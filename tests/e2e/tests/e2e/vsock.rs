@@ -1,6 +1,7 @@
 //! vsock (issue 4): host and guest talk over AF_VSOCK through vhost-vsock, both ways: the
-//! guest connects to a host echo server (CID 2), then the host connects to the guest's
-//! echo server at the guest's CID.
+//! guest connects to a host echo server (CID 2), reloads its vsock driver (device reset and
+//! re-activation of vhost) and connects again, then the host connects to the guest's echo
+//! server at the guest's CID.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -106,10 +107,22 @@ fn echo_both_ways_between_host_and_guest() {
     let listener = listen(HOST_PORT).expect("host vsock listener (vsock module loaded?)");
     let (got_tx, got_rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = got_tx.send(accept(&listener).and_then(echo_one_line));
+        for _ in 0..2 {
+            if got_tx
+                .send(accept(&listener).and_then(echo_one_line))
+                .is_err()
+            {
+                return;
+            }
+        }
     });
+    // Between the two sends the guest unloads and reloads its vsock driver: the device is
+    // reset (vhost stopped) and activated again (vhost set up again).
     let cmd = format!(
         "skiff-guest-tool vsock-send 2 {HOST_PORT} hello-from-guest && \
+         m=$(grep '/vmw_vsock_virtio_transport\\.ko' /etc/skiff/modules) && \
+         rmmod vmw_vsock_virtio_transport && insmod /lib/modules/$m && \
+         skiff-guest-tool vsock-send 2 {HOST_PORT} again-after-reset && \
          skiff-guest-tool vsock-echo {GUEST_PORT} --once"
     );
     let mut vm = GuestSpec::new(Vmm::Skiff)
@@ -131,6 +144,11 @@ fn echo_both_ways_between_host_and_guest() {
         .expect("host echo server finished")
         .expect("host echo server");
     assert_eq!(from_guest, "hello-from-guest");
+    let again = got_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("host echo server finished")
+        .expect("host echo server");
+    assert_eq!(again, "again-after-reset");
 
     let start = Instant::now();
     let stream = connect(GUEST_CID, GUEST_PORT).expect("connect to the guest");
@@ -148,10 +166,9 @@ fn echo_both_ways_between_host_and_guest() {
 
     let out = vm.wait(Duration::from_secs(60)).expect("guest ends");
     assert_eq!(out.guest_status, Some(0), "{out}");
-    assert!(
-        out.command_output().contains("reply=hello-from-guest"),
-        "{out}"
-    );
+    let output = out.command_output();
+    assert!(output.contains("reply=hello-from-guest"), "{out}");
+    assert!(output.contains("reply=again-after-reset"), "{out}");
     eprintln!(
         "vsock: host->guest connect + echo {:.1} ms",
         rtt.as_secs_f64() * 1e3
