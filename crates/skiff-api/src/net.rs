@@ -195,6 +195,36 @@ mod tests {
     }
 
     #[test]
+    fn spec_files_with_nics_and_vsock() {
+        let spec = crate::VmSpec::from_toml(
+            r#"
+            kernel = "/k"
+            memory = "256M"
+            vsock = { cid = 3 }
+            [[nics]]
+            tap = "tap0"
+            bridge = "br0"
+            mac = "52:54:00:12:34:56"
+            [[nics]]
+            tap = "tap1"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(spec.nics.len(), 2);
+        assert_eq!(spec.nics[0].bridge.as_deref(), Some("br0"));
+        assert_eq!(spec.nics[1].mac, None);
+        assert_eq!(spec.vsock, Some(VsockSpec { cid: 3 }));
+        let json = r#"{"kernel":"/k","memory":"256M","vsock":{"cid":1}}"#;
+        let err = crate::VmSpec::from_json(json).expect_err("CID 1 is reserved");
+        assert_eq!(err.field(), Some("vsock.cid"));
+        let json = r#"{"kernel":"/k","memory":"256M","nics":[{"tap":"t","mac":"zz"}]}"#;
+        assert!(crate::VmSpec::from_json(json).is_err());
+        let json = r#"{"kernel":"/k","memory":"256M","nics":[{"tap":"t"},{"tap":"t"}]}"#;
+        let err = crate::VmSpec::from_json(json).expect_err("same tap twice");
+        assert_eq!(err.field(), Some("nics.tap"));
+    }
+
+    #[test]
     fn vsock_flag_syntax_and_checks() {
         assert_eq!("cid=3".parse::<VsockSpec>(), Ok(VsockSpec { cid: 3 }));
         assert_eq!("42".parse::<VsockSpec>(), Ok(VsockSpec { cid: 42 }));

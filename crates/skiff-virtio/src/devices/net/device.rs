@@ -11,9 +11,12 @@ use super::{
     deliver, Pending, Tap, DEVICE_TYPE, HDR_LEN, MAX_CHAIN, MAX_FRAME, QUEUE_SIZE, RX_QUEUE,
     TX_QUEUE,
 };
-use crate::chain::Cursor;
+use vm_memory::GuestMemoryMmap;
+
+use crate::chain::{Chain, Cursor};
 use crate::device::{ActivateError, Activation, DeviceState, VirtioDevice};
 use crate::features::{has, COMMON};
+use crate::queue::QueueError;
 
 /// Offloads offered: the guest may send partially checksummed and TSO frames (the tap
 /// takes them as they are), and may receive them (the tap is told so on activation).
@@ -91,19 +94,32 @@ impl Net {
         let (name, tap, buf) = (&self.name, &self.tap, &mut self.tx);
         self.state
             .process_queue(name, TX_QUEUE, MAX_CHAIN, |mem, chain| {
-                let len = chain.readable_len();
-                if len <= HDR_LEN as u64 || len > MAX_FRAME as u64 {
-                    log::debug!("{name}: dropping a {len}-byte transmit chain");
-                    return Ok(0);
-                }
-                buf.resize(len as usize, 0);
-                Cursor::new(mem, &chain.readable, chain.head).read_exact(buf, "frame")?;
-                if let Err(e) = tap.write_frame(buf) {
-                    log::debug!("{name}: tap write failed, frame dropped: {e}");
+                if let Some(frame) = transmit_frame(mem, chain, buf)? {
+                    if let Err(e) = tap.write_frame(frame) {
+                        log::debug!("{name}: tap write failed, frame dropped: {e}");
+                    }
                 }
                 Ok(0)
             });
     }
+}
+
+/// The header and frame of one transmit chain, copied into `buf`; `None` (the chain is
+/// returned, the frame dropped) for a chain with no frame after the header or longer
+/// than [`MAX_FRAME`]. Pure over guest memory, for tests and fuzzing.
+pub fn transmit_frame<'b>(
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    buf: &'b mut Vec<u8>,
+) -> Result<Option<&'b [u8]>, QueueError> {
+    let len = chain.readable_len();
+    if len <= HDR_LEN as u64 || len > MAX_FRAME as u64 {
+        log::debug!("virtio-net: dropping a {len}-byte transmit chain");
+        return Ok(None);
+    }
+    buf.resize(len as usize, 0);
+    Cursor::new(mem, &chain.readable, chain.head).read_exact(buf, "frame")?;
+    Ok(Some(buf))
 }
 
 impl VirtioDevice for Net {
@@ -181,6 +197,41 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::chain::Buffer;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn transmit_frames_are_bounded() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).expect("mem");
+        mem.write_slice(&[7u8; 100], GuestAddress(0x1000))
+            .expect("write");
+        let chain = |lens: &[u32]| Chain {
+            head: 0,
+            readable: lens
+                .iter()
+                .map(|&len| Buffer {
+                    addr: GuestAddress(0x1000),
+                    len,
+                })
+                .collect(),
+            writable: Vec::new(),
+        };
+        let mut buf = Vec::new();
+        let frame = transmit_frame(&mem, &chain(&[12, 60]), &mut buf).expect("ok");
+        assert_eq!(frame.map(<[u8]>::len), Some(72));
+        // Header only, nothing at all, or more than a 64 KiB frame: dropped.
+        assert_eq!(
+            transmit_frame(&mem, &chain(&[12]), &mut buf).expect("ok"),
+            None
+        );
+        assert_eq!(
+            transmit_frame(&mem, &chain(&[]), &mut buf).expect("ok"),
+            None
+        );
+        let big = chain(&[0x10000, 0x10000]);
+        assert_eq!(transmit_frame(&mem, &big, &mut buf).expect("ok"), None);
+    }
 
     #[test]
     fn tap_offloads_follow_the_receive_features() {

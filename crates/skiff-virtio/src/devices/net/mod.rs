@@ -12,7 +12,7 @@ mod device;
 mod rx;
 mod tap;
 
-pub use device::Net;
+pub use device::{transmit_frame, Net};
 pub use rx::{deliver, Pending};
 pub use tap::{check_name, Tap, TapError, MAX_IFNAME};
 
