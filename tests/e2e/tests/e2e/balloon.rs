@@ -181,3 +181,123 @@ fn free_page_reporting_inflate_deflate_and_stats() {
         "MemAvailable {booted_available} -> {deflated_available} MiB after deflating\n{out}"
     );
 }
+
+/// A minimal QMP client: one command, the first line holding `"return"`.
+fn qmp(stream: &mut std::io::BufReader<std::os::unix::net::UnixStream>, cmd: &str) -> String {
+    use std::io::{BufRead, Write};
+    stream
+        .get_mut()
+        .write_all(format!("{cmd}\n").as_bytes())
+        .expect("QMP write");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stream.read_line(&mut line).expect("QMP read");
+        assert!(n > 0, "QMP closed");
+        if line.contains("\"return\"") || line.contains("\"error\"") {
+            return line;
+        }
+    }
+}
+
+/// Boots `spec` (a guest that waits), inflates a 256 MiB balloon in a 512 MiB guest and
+/// returns how long until the guest reported it done.
+fn inflate_time(vmm: Vmm) -> Duration {
+    let env = TestEnv::get();
+    let socket = env.scratch("bench-balloon.sock");
+    let spec = GuestSpec::new(vmm).memory_mib(512).no_poweroff();
+    let spec = match vmm {
+        Vmm::Skiff => spec.vmm_arg("--control-socket").vmm_arg(&socket),
+        Vmm::Qemu => spec.vmm_args([
+            "-M".to_string(),
+            "microvm,pcie=on".into(),
+            "-device".into(),
+            "virtio-balloon-pci".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", socket.display()),
+        ]),
+    };
+    let mut vm = spec
+        .cmd("echo P-READY; sleep 600")
+        .timeout(Duration::from_secs(300))
+        .spawn()
+        .expect("spawn");
+    vm.wait_for("P-READY", Duration::from_secs(120))
+        .expect("boots");
+    let poll = Duration::from_millis(100);
+    let took = match vmm {
+        Vmm::Skiff => {
+            let (ok, text) = ctl(&socket, &["balloon", "256"]);
+            assert!(ok, "{text}");
+            let start = Instant::now();
+            loop {
+                let (_, stats) = ctl(&socket, &["stats"]);
+                if json_u64(&stats, "actual_bytes") == Some(256 * MIB) {
+                    break start.elapsed();
+                }
+                assert!(start.elapsed() < Duration::from_secs(120), "{stats}");
+                std::thread::sleep(poll);
+            }
+        }
+        Vmm::Qemu => {
+            let stream = std::os::unix::net::UnixStream::connect(&socket).expect("QMP");
+            let mut qmp_io = std::io::BufReader::new(stream);
+            qmp(&mut qmp_io, r#"{"execute":"qmp_capabilities"}"#);
+            // QEMU's target is the guest's memory size: 512 - 256 MiB.
+            let cmd = format!(
+                r#"{{"execute":"balloon","arguments":{{"value":{}}}}}"#,
+                256 * MIB
+            );
+            let answer = qmp(&mut qmp_io, &cmd);
+            assert!(answer.contains("\"return\""), "{answer}");
+            let start = Instant::now();
+            loop {
+                let answer = qmp(&mut qmp_io, r#"{"execute":"query-balloon"}"#);
+                let actual = answer
+                    .split("\"actual\":")
+                    .nth(1)
+                    .map(|rest| {
+                        rest.trim_start()
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect::<String>()
+                    })
+                    .and_then(|d| d.parse::<u64>().ok());
+                if actual == Some(256 * MIB) {
+                    break start.elapsed();
+                }
+                assert!(start.elapsed() < Duration::from_secs(120), "{answer}");
+                std::thread::sleep(poll);
+            }
+        }
+    };
+    let rss = rss_mib(&vm);
+    eprintln!(
+        "bench balloon {vmm:?}: inflate 256 MiB in {took:.2?} ({:.1} MiB/s), VmRSS {rss} MiB",
+        256.0 / took.as_secs_f64()
+    );
+    took
+}
+
+/// Balloon inflate rate, Skiff against QEMU, interleaved, same guest. Not part of the
+/// suite: `cargo xtask e2e balloon::bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn bench_inflate_rate_against_qemu() {
+    const ROUNDS: usize = 3;
+    let mut skiff = Vec::new();
+    let mut qemu = Vec::new();
+    for _ in 0..ROUNDS {
+        skiff.push(inflate_time(Vmm::Skiff));
+        qemu.push(inflate_time(Vmm::Qemu));
+    }
+    skiff.sort();
+    qemu.sort();
+    let (s, q) = (skiff[ROUNDS / 2], qemu[ROUNDS / 2]);
+    eprintln!(
+        "bench balloon medians: skiff {:.1} MiB/s, qemu {:.1} MiB/s, ratio {:.2}",
+        256.0 / s.as_secs_f64(),
+        256.0 / q.as_secs_f64(),
+        q.as_secs_f64() / s.as_secs_f64()
+    );
+}
