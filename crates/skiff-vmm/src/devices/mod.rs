@@ -25,6 +25,30 @@ impl vm_superio::Trigger for EventFdTrigger {
     }
 }
 
+/// A legacy (ISA) interrupt line of the in-kernel PIC/IOAPIC, pulsed synchronously with
+/// KVM_IRQ_LINE. For the UART this beats an irqfd: an irqfd to an IOAPIC pin is injected
+/// from a kernel worker thread, which adds a scheduling delay to every transmitted chunk.
+pub struct IrqLine {
+    vm: std::sync::Arc<kvm_ioctls::VmFd>,
+    irq: u32,
+}
+
+impl IrqLine {
+    pub fn new(vm: std::sync::Arc<kvm_ioctls::VmFd>, irq: u32) -> Self {
+        IrqLine { vm, irq }
+    }
+}
+
+impl vm_superio::Trigger for IrqLine {
+    type E = kvm_ioctls::Error;
+
+    fn trigger(&self) -> Result<(), kvm_ioctls::Error> {
+        // An edge: raise, then lower the line.
+        self.vm.set_irq_line(self.irq, true)?;
+        self.vm.set_irq_line(self.irq, false)
+    }
+}
+
 /// A vm-superio "trigger" that stops the VM with a given exit (the i8042's reset line).
 pub struct ExitTrigger {
     exits: ExitSender,
