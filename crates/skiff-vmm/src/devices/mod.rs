@@ -8,22 +8,9 @@ pub mod serial;
 
 use std::sync::{Arc, Mutex};
 
-use vmm_sys_util::eventfd::EventFd;
-
 pub use iobus::{IoBus, PortDevice};
 
 use crate::exit::{ExitSender, VmExit};
-
-/// A vm-superio interrupt line backed by an eventfd that KVM injects as an IRQ (irqfd).
-pub struct EventFdTrigger(pub EventFd);
-
-impl vm_superio::Trigger for EventFdTrigger {
-    type E = std::io::Error;
-
-    fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
-    }
-}
 
 /// A legacy (ISA) interrupt line of the in-kernel PIC/IOAPIC, pulsed synchronously with
 /// KVM_IRQ_LINE. For the UART this beats an irqfd: an irqfd to an IOAPIC pin is injected
