@@ -167,6 +167,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     let exit = running.wait();
     console::restore_terminal();
+    if let Some(path) = &args.control_socket {
+        // Nothing listens there any more; a stale socket would only mislead clients.
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(line) = exit.describe() {
         eprintln!("skiff: {line}");
     }
