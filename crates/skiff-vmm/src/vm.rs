@@ -11,6 +11,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::{self, BootSpec};
 use crate::cpu::run_control::{self, RunControl};
@@ -18,7 +19,7 @@ use crate::cpu::Vcpu;
 use crate::devices::cmos::Cmos;
 use crate::devices::power::{AcpiPowerRegisters, PvPanic};
 use crate::devices::serial::SerialDevice;
-use crate::devices::{ExitTrigger, IoBus, IrqLine, Shared, I8042};
+use crate::devices::{EventFdTrigger, ExitTrigger, IoBus, Shared, I8042};
 use crate::exit::{ExitSender, VmExit};
 use crate::handle::VmHandle;
 use crate::host;
@@ -291,12 +292,16 @@ impl RunningVm {
 }
 
 fn platform_devices(
-    vm_fd: &Arc<VmFd>,
+    vm_fd: &VmFd,
     exits: &ExitSender,
     console: Box<dyn Write + Send>,
 ) -> Result<(IoBus, Shared<SerialDevice>), VmmError> {
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm_fd
+        .register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(VmmError::kvm("connect the serial interrupt"))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
-        IrqLine::new(vm_fd.clone(), COM1_IRQ),
+        EventFdTrigger(serial_irq),
         console,
     )));
 

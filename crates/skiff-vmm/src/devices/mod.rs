@@ -8,31 +8,20 @@ pub mod serial;
 
 use std::sync::{Arc, Mutex};
 
+use vmm_sys_util::eventfd::EventFd;
+
 pub use iobus::{IoBus, PortDevice};
 
 use crate::exit::{ExitSender, VmExit};
 
-/// A legacy (ISA) interrupt line of the in-kernel PIC/IOAPIC, pulsed synchronously with
-/// KVM_IRQ_LINE. For the UART this beats an irqfd: an irqfd to an IOAPIC pin is injected
-/// from a kernel worker thread, which adds a scheduling delay to every transmitted chunk.
-pub struct IrqLine {
-    vm: std::sync::Arc<kvm_ioctls::VmFd>,
-    irq: u32,
-}
+/// A vm-superio interrupt line backed by an eventfd that KVM injects as an IRQ (irqfd).
+pub struct EventFdTrigger(pub EventFd);
 
-impl IrqLine {
-    pub fn new(vm: std::sync::Arc<kvm_ioctls::VmFd>, irq: u32) -> Self {
-        IrqLine { vm, irq }
-    }
-}
+impl vm_superio::Trigger for EventFdTrigger {
+    type E = std::io::Error;
 
-impl vm_superio::Trigger for IrqLine {
-    type E = kvm_ioctls::Error;
-
-    fn trigger(&self) -> Result<(), kvm_ioctls::Error> {
-        // An edge: raise, then lower the line.
-        self.vm.set_irq_line(self.irq, true)?;
-        self.vm.set_irq_line(self.irq, false)
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
     }
 }
 

@@ -6,14 +6,14 @@ use std::io::Write;
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
-use super::{IrqLine, PortDevice};
+use super::{EventFdTrigger, PortDevice};
 
 pub struct SerialDevice {
-    uart: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+    uart: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
 }
 
 impl SerialDevice {
-    pub fn new(interrupt: IrqLine, out: Box<dyn Write + Send>) -> Self {
+    pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {
             uart: Serial::new(interrupt, out),
         }
