@@ -63,6 +63,10 @@ pub fn run(args: &E2eArgs) -> Result<i32> {
             }
             // The console is a tty: keep libtest from colouring the summary line.
             payload.env("TERM", "dumb");
+            // One guest at a time: the emulated host has two emulated CPUs, and guests of
+            // parallel tests (up to 4 vCPUs each) starve one another there into soft
+            // lockups. `-- --test-threads=N` still overrides this.
+            payload.env("RUST_TEST_THREADS", "1");
             payload.command = Some(std::iter::once(exe).chain(test_args).collect());
             let options = BootOptions {
                 memory: args.memory.clone(),
