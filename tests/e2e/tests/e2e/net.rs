@@ -78,16 +78,7 @@ fn set_up_bridge() -> io::Result<()> {
     // SAFETY: SIOCSIFNETMASK reads an `ifreq` holding an AF_INET mask.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) };
     check(ret, "SIOCSIFNETMASK")?;
-    let mut req = ifreq(BRIDGE);
-    // SAFETY: SIOCGIFFLAGS fills the flags of the `ifreq` we pass.
-    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
-    check(ret, "SIOCGIFFLAGS")?;
-    // SAFETY: SIOCGIFFLAGS set the `ifru_flags` member.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    // SAFETY: SIOCSIFFLAGS reads an `ifreq`.
-    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    check(ret, "SIOCSIFFLAGS")
+    set_link_up(&sock, BRIDGE)
 }
 
 /// Deterministic, incompressible test data (xorshift64*).
@@ -266,6 +257,11 @@ fn persistent_tap_on_bridge(name: &str) -> io::Result<()> {
     if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY) {
         check(ret, "SIOCBRADDIF")?;
     }
+    set_link_up(&sock, name)
+}
+
+/// Sets IFF_UP on interface `name` through the control socket `sock`.
+fn set_link_up(sock: &impl AsRawFd, name: &str) -> io::Result<()> {
     let mut req = ifreq(name);
     // SAFETY: SIOCGIFFLAGS fills the flags of the `ifreq` we pass.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };

@@ -179,18 +179,8 @@ fn discard_range(discard: &dyn Discard, gpa: u64, len: u64, what: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::balloon::tests::Recorder;
     use crate::features::COMMON;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, u64)>>);
-
-    impl Discard for Recorder {
-        fn discard(&self, gpa: u64, len: u64) -> std::io::Result<()> {
-            self.0.lock().expect("lock").push((gpa, len));
-            Ok(())
-        }
-    }
 
     #[test]
     fn queue_indices_follow_the_negotiated_features() {

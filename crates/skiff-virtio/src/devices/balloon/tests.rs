@@ -15,8 +15,9 @@ use crate::device::{Activation, VirtioDevice};
 use crate::features::COMMON;
 use crate::interrupt::VirtioInterrupt;
 
+/// A discard path that records what it was given (shared by the balloon's unit tests).
 #[derive(Default)]
-struct Recorder(Mutex<Vec<(u64, u64)>>);
+pub(super) struct Recorder(pub(super) Mutex<Vec<(u64, u64)>>);
 
 impl Discard for Recorder {
     fn discard(&self, gpa: u64, len: u64) -> std::io::Result<()> {
