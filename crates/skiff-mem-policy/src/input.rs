@@ -135,6 +135,22 @@ impl VmInput {
     }
 }
 
+/// f as the policy wants it (a fraction of the resident memory) from a sampler that picks
+/// pages over all of guest RAM: the pages found written were resident by the end of the
+/// period, so the active bytes are `fraction_of_ram` × `guest_bytes`. Capped at 1; 1 when
+/// nothing is resident.
+pub fn active_fraction_of_resident(
+    fraction_of_ram: f64,
+    guest_bytes: u64,
+    resident_bytes: u64,
+) -> f64 {
+    if resident_bytes == 0 || fraction_of_ram.is_nan() {
+        return 1.0;
+    }
+    let active = fraction_of_ram.clamp(0.0, 1.0) * guest_bytes as f64;
+    (active / resident_bytes as f64).min(1.0)
+}
+
 /// Checks every VM and that no name repeats.
 pub(crate) fn validate_all(vms: &[VmInput]) -> Result<(), InputError> {
     let mut ids: Vec<&str> = Vec::with_capacity(vms.len());
@@ -180,6 +196,16 @@ mod tests {
         assert_eq!(vm.active_fraction_or_all(), 1.0);
         vm.active_fraction = Some(0.25);
         assert_eq!(vm.active_fraction_or_all(), 0.25);
+    }
+
+    #[test]
+    fn a_fraction_of_guest_ram_becomes_one_of_resident_memory() {
+        // 10 % of a 1 GiB guest written, 256 MiB resident: 40 % of what it holds is active
+        let f = active_fraction_of_resident(0.1, 1024 * MIB, 256 * MIB);
+        assert!((f - 0.4).abs() < 1e-12, "{f}");
+        assert_eq!(active_fraction_of_resident(0.5, 1024 * MIB, 256 * MIB), 1.0);
+        assert_eq!(active_fraction_of_resident(0.5, 1024 * MIB, 0), 1.0);
+        assert_eq!(active_fraction_of_resident(f64::NAN, 1024 * MIB, 1), 1.0);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use actions::Action;
 pub use admission::{admit, AdmissionError, HostCapacity, Reservation};
 pub use allocation::{allocate, VmTarget};
 pub use config::{ConfigError, FreeThresholds, PolicyConfig, PAGE_SIZE};
-pub use input::{BalloonInput, HostInput, InputError, VmInput};
+pub use input::{active_fraction_of_resident, BalloonInput, HostInput, InputError, VmInput};
 pub use ksm::{opportunity, tune_ksm, KsmObservation, KsmSettings, KsmTuning};
 pub use plan::{MemoryPolicy, Plan, VmPlan};
 pub use state::FreeState;
