@@ -13,8 +13,15 @@ use sha2::{Digest, Sha256};
 use crate::cmd;
 use crate::paths;
 
-/// Debian packages the host side needs (for QEMU, busybox, mke2fs and cpio).
-pub const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "e2fsprogs"];
+/// Debian packages the host side needs (for QEMU, busybox, mke2fs and cpio; python3-venv for
+/// the OpenAPI validator that skiff-host's tests install from PyPI).
+pub const HOST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "e2fsprogs",
+    "python3-venv",
+];
 
 /// Set once `apt-get update` ran in this process, so it runs at most once.
 static UPDATED: AtomicBool = AtomicBool::new(false);

@@ -11,4 +11,6 @@ mod spec;
 pub use balloon::BalloonSpec;
 pub use net::{MacAddr, NicSpec, VsockSpec};
 pub use size::{ByteSize, SizeError};
-pub use spec::{DiskSpec, MemorySpec, SpecError, VmSpec, DEFAULT_SHARES};
+pub use spec::{
+    validate_name, CpuSpec, DiskSpec, MemorySpec, RestartPolicy, SpecError, VmSpec, DEFAULT_SHARES,
+};

@@ -49,6 +49,48 @@ pub struct VmSpec {
     /// The virtio-balloon device (on by default).
     #[serde(default)]
     pub balloon: crate::BalloonSpec,
+    /// CPU weight and limit (the host daemon applies them through cgroups).
+    #[serde(default, skip_serializing_if = "CpuSpec::is_default")]
+    pub cpu: CpuSpec,
+    /// What the host daemon does when the VM's process ends on its own.
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
+    pub restart: RestartPolicy,
+}
+
+/// CPU resource control for a VM's process (the VMM and all its threads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuSpec {
+    /// Relative weight against other VMs when the CPUs are busy (default 1000, as memory
+    /// shares; a VM with 2000 gets twice the CPU time of one with 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<u64>,
+    /// A hard limit in percent of one host CPU (50 = half a CPU, 200 = two CPUs); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u32>,
+}
+
+impl CpuSpec {
+    fn is_default(&self) -> bool {
+        *self == CpuSpec::default()
+    }
+}
+
+/// Whether the host daemon starts a VM again after its process ended without being asked to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// The VM stays down; a failure leaves it `failed` with the reason.
+    #[default]
+    Never,
+    /// A failure (exit status other than 0, or a signal) starts it again, with backoff.
+    OnFailure,
+}
+
+impl RestartPolicy {
+    fn is_default(&self) -> bool {
+        *self == RestartPolicy::default()
+    }
 }
 
 /// A virtio-blk disk backed by a raw image file.
@@ -248,6 +290,15 @@ impl VmSpec {
                 ),
             ));
         }
+        if self.cpu.shares == Some(0) {
+            return Err(SpecError::invalid("cpu.shares", "must be at least 1"));
+        }
+        if self.cpu.quota == Some(0) {
+            return Err(SpecError::invalid(
+                "cpu.quota",
+                "must be at least 1 (percent of one CPU)",
+            ));
+        }
         crate::net::validate(&self.nics, self.vsock.as_ref())
             .map_err(|(field, reason)| SpecError::invalid(field, reason))?;
         for disk in &self.disks {
@@ -265,7 +316,8 @@ impl VmSpec {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), SpecError> {
+/// A VM name as the daemon uses it (also a directory name): checked here for every caller.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > 64 {
         return Err(SpecError::invalid("name", "must be 1 to 64 characters"));
@@ -362,6 +414,34 @@ mod tests {
         );
         assert!("ro".parse::<DiskSpec>().is_err());
         assert!("path=/a,cache=none".parse::<DiskSpec>().is_err());
+    }
+
+    #[test]
+    fn cpu_and_restart_policy() {
+        let spec = VmSpec::from_toml(
+            r#"
+            kernel = "/k"
+            memory = "256M"
+            restart = "on-failure"
+            cpu = { shares = 2000, quota = 50 }
+        "#,
+        )
+        .expect("valid spec");
+        assert_eq!(spec.restart, RestartPolicy::OnFailure);
+        assert_eq!(spec.cpu.shares, Some(2000));
+        assert_eq!(spec.cpu.quota, Some(50));
+        let minimal = VmSpec::from_toml(MINIMAL).expect("minimal");
+        assert_eq!(minimal.restart, RestartPolicy::Never);
+        let text = serde_json::to_string(&minimal).expect("json");
+        assert!(
+            !text.contains("\"restart\"") && !text.contains("\"cpu\""),
+            "{text}"
+        );
+        let bad = VmSpec::from_json(r#"{"kernel":"/k","memory":"256M","cpu":{"shares":0}}"#);
+        assert_eq!(bad.expect_err("zero shares").field(), Some("cpu.shares"));
+        assert!(
+            VmSpec::from_json(r#"{"kernel":"/k","memory":"256M","restart":"always"}"#).is_err()
+        );
     }
 
     #[test]

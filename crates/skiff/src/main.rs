@@ -1,10 +1,15 @@
-//! `skiff`: run a VM in this process (`skiff run`), and later manage a host.
+//! `skiff`: run a VM in this process (`skiff run`), run the host daemon (`skiff host`) and
+//! manage its VMs (`skiff vm`).
 
+mod api_client;
+mod attach;
 mod console;
 mod ctl;
+mod host;
 mod logger;
 mod run;
 mod signals;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -27,6 +32,10 @@ enum Command {
     Run(run::RunArgs),
     /// Send a control request (stats, pause, resume, stop) to a running VMM.
     Ctl(ctl::CtlArgs),
+    /// Run the host daemon (REST API, one VMM process per VM); `skiff host status` asks it.
+    Host(host::HostArgs),
+    /// Manage VMs through the host daemon.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +44,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Ctl(args) => ctl::run(args),
+        Command::Host(args) => host::run(args),
+        Command::Vm(args) => vm::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Serve the control protocol (stats, pause, resume, stop) on this unix socket.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
+    /// Write the exit status here (one number) when the VM ends, for a supervisor that is
+    /// not this process's parent (the host daemon after a restart).
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -80,6 +84,8 @@ impl RunArgs {
                 vsock: None,
                 rng: true,
                 balloon: skiff_api::BalloonSpec::default(),
+                cpu: skiff_api::CpuSpec::default(),
+                restart: skiff_api::RestartPolicy::default(),
             },
         };
         if let Some(kernel) = &self.kernel {
@@ -135,6 +141,18 @@ fn read_spec(path: &PathBuf) -> Result<VmSpec> {
 
 /// Boots the VM and returns the process exit status that reports how it ended.
 pub fn run(args: RunArgs) -> Result<u8> {
+    let status_file = args.status_file.clone();
+    let result = boot_and_wait(args);
+    if let Some(path) = status_file {
+        let code = result.as_ref().map_or(1, |code| *code);
+        if let Err(e) = std::fs::write(&path, format!("{code}\n")) {
+            eprintln!("skiff: cannot write {}: {e}", path.display());
+        }
+    }
+    result
+}
+
+fn boot_and_wait(args: RunArgs) -> Result<u8> {
     let spec = args.spec()?;
     let mut config = VmConfig::from_spec(&spec);
     config.mergeable = !args.no_page_sharing;

@@ -1,0 +1,50 @@
+//! The daemon's errors, each with the HTTP status it answers with. Bad input is always a
+//! 4xx that names the field; a 5xx means the daemon itself could not do its job.
+
+use crate::store::StoreError;
+use crate::vmm::ControlError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The request is malformed or asks for something impossible.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("the request body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("no VM named `{0}`")]
+    NotFound(String),
+    #[error("name: a VM named `{0}` exists already")]
+    Duplicate(String),
+    /// The VM's state does not allow the action.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("VM `{name}`: {source}")]
+    Vmm { name: String, source: ControlError },
+    #[error("cannot start the VMM for `{name}`: {source}")]
+    Launch {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl HostError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        HostError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            HostError::Invalid { .. } | HostError::Malformed(_) => 400,
+            HostError::NotFound(_) => 404,
+            HostError::Duplicate(_) | HostError::Conflict(_) => 409,
+            // The VMM did not do what was asked: its state (ending, hung) is in the way.
+            HostError::Vmm { .. } => 409,
+            HostError::Launch { .. } | HostError::Store(_) => 500,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The Skiff host daemon (`skiff host`): a REST API on a unix socket (and optionally TCP with
+//! a bearer token) over one action layer ([`service::Host`]), a supervisor that runs one VMM
+//! process per VM with a restart policy, state on disk that survives daemon restarts (running
+//! VMMs are adopted again), and Prometheus metrics. docs/daemon.md describes it.
+
+pub mod api;
+pub mod client;
+pub mod error;
+pub mod memory;
+pub mod metrics;
+pub mod model;
+pub mod process;
+pub mod restart;
+pub mod server;
+pub mod service;
+pub mod store;
+mod supervisor;
+pub mod validate;
+pub mod vmm;
+
+pub use client::{Client, Endpoint};
+pub use error::HostError;
+pub use service::{Host, HostConfig};

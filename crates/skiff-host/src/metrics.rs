@@ -1,0 +1,150 @@
+//! Prometheus text exposition (format 0.0.4) of the host and its VMs.
+
+use std::fmt::Write;
+
+use crate::model::{HostStatus, VmInfo, VmState};
+
+/// Renders one sample per VM and metric; `cpu_seconds` is the VMM's CPU time when it runs.
+pub fn render(vms: &[(VmInfo, Option<f64>)], host: &HostStatus) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let vm_label = |vm: &VmInfo| format!("{{vm=\"{}\"}}", vm.name);
+    family(
+        "skiff_host_memory_total_bytes",
+        "gauge",
+        "Host memory (MemTotal).",
+        vec![(String::new(), host.memory_total_bytes.to_string())],
+    );
+    family(
+        "skiff_host_memory_available_bytes",
+        "gauge",
+        "Host memory available without swapping (MemAvailable).",
+        vec![(String::new(), host.memory_available_bytes.to_string())],
+    );
+    family(
+        "skiff_vm_state",
+        "gauge",
+        "1 for the VM's current state, 0 for the others.",
+        vms.iter()
+            .flat_map(|(vm, _)| {
+                VmState::ALL.iter().map(move |s| {
+                    (
+                        format!("{{vm=\"{}\",state=\"{}\"}}", vm.name, s.as_str()),
+                        u8::from(vm.state == *s).to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "skiff_vm_vcpus",
+        "gauge",
+        "Configured vCPUs.",
+        vms.iter()
+            .map(|(vm, _)| (vm_label(vm), vm.spec.vcpus.to_string()))
+            .collect(),
+    );
+    family(
+        "skiff_vm_memory_configured_bytes",
+        "gauge",
+        "Configured guest memory (the most the guest can have).",
+        vms.iter()
+            .map(|(vm, _)| (vm_label(vm), vm.spec.memory.size.bytes().to_string()))
+            .collect(),
+    );
+    family(
+        "skiff_vm_memory_balloon_bytes",
+        "gauge",
+        "Memory the balloon currently takes from the guest (running VMs with a balloon).",
+        vms.iter()
+            .filter_map(|(vm, _)| {
+                let balloon = vm.stats.as_ref()?.balloon.as_ref()?;
+                Some((vm_label(vm), balloon.actual_bytes.to_string()))
+            })
+            .collect(),
+    );
+    family(
+        "skiff_vm_memory_resident_bytes",
+        "gauge",
+        "The VMM process's resident set (running VMs).",
+        vms.iter()
+            .filter_map(|(vm, _)| {
+                Some((vm_label(vm), vm.stats.as_ref()?.vmm_rss_bytes.to_string()))
+            })
+            .collect(),
+    );
+    family(
+        "skiff_vm_cpu_seconds_total",
+        "counter",
+        "CPU time of the VM's VMM process (all threads) since it started.",
+        vms.iter()
+            .filter_map(|(vm, cpu)| Some((vm_label(vm), format!("{:.3}", (*cpu)?))))
+            .collect(),
+    );
+    family(
+        "skiff_vm_restarts_total",
+        "counter",
+        "Restarts by the restart policy since the VM was last started on request.",
+        vms.iter()
+            .map(|(vm, _)| (vm_label(vm), vm.restarts.to_string()))
+            .collect(),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Desired;
+
+    #[test]
+    fn every_vm_has_its_samples() {
+        let spec =
+            skiff_api::VmSpec::from_json(r#"{"name":"a","kernel":"/k","memory":"64M","vcpus":2}"#)
+                .expect("spec");
+        let vm = VmInfo {
+            name: "a".into(),
+            state: VmState::Running,
+            desired: Desired::Running,
+            spec,
+            pid: Some(10),
+            restarts: 1,
+            reason: None,
+            stats: None,
+            console: crate::model::ConsoleFiles {
+                input: "/s/in".into(),
+                log: "/s/log".into(),
+            },
+        };
+        let host = HostStatus {
+            version: "0".into(),
+            pid: 1,
+            uptime_secs: 0,
+            state_dir: "/s".into(),
+            vms: 1,
+            running: 1,
+            memory_total_bytes: 1000,
+            memory_available_bytes: 500,
+        };
+        let text = render(&[(vm, Some(1.5))], &host);
+        for line in [
+            "skiff_host_memory_total_bytes 1000",
+            "skiff_host_memory_available_bytes 500",
+            "skiff_vm_state{vm=\"a\",state=\"running\"} 1",
+            "skiff_vm_state{vm=\"a\",state=\"stopped\"} 0",
+            "skiff_vm_vcpus{vm=\"a\"} 2",
+            "skiff_vm_memory_configured_bytes{vm=\"a\"} 67108864",
+            "skiff_vm_cpu_seconds_total{vm=\"a\"} 1.500",
+            "skiff_vm_restarts_total{vm=\"a\"} 1",
+            "# TYPE skiff_vm_cpu_seconds_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+}

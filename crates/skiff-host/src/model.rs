@@ -1,0 +1,176 @@
+//! The API's bodies: what the daemon says about a VM, its events and the host. Shared by the
+//! server, the CLI and the tests, so a field means the same thing everywhere.
+
+use serde::{Deserialize, Serialize};
+use skiff_api::VmSpec;
+
+/// Where a VM is in its life, as the daemon sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Defined, never started or stopped on request (or powered off by its guest).
+    Stopped,
+    /// The VMM process is starting; its control socket does not answer yet.
+    Starting,
+    Running,
+    Paused,
+    /// A stop was asked for; the VMM has not ended yet.
+    Stopping,
+    /// The VMM ended with a failure; the restart policy starts it again after a delay.
+    Restarting,
+    /// The VMM ended with a failure and will not be started again by itself.
+    Failed,
+}
+
+impl VmState {
+    /// A VMM process exists (or is about to) in this state.
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+            VmState::Restarting => "restarting",
+            VmState::Failed => "failed",
+        }
+    }
+
+    pub const ALL: [VmState; 7] = [
+        VmState::Stopped,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Paused,
+        VmState::Stopping,
+        VmState::Restarting,
+        VmState::Failed,
+    ];
+}
+
+/// What the user wants: the supervisor works towards it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// How a VMM process ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// Exit status (see docs/architecture.md, "How a VM ends").
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Ended while the daemon was not its parent and left no status file (e.g. SIGKILL).
+    Unknown,
+}
+
+impl ExitReason {
+    /// Status 0 is a clean end (power-off or a stop); everything else is a failure, except a
+    /// guest's reboot request, which is its own case.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, ExitReason::Code(0) | ExitReason::Code(REBOOT_STATUS))
+    }
+
+    pub fn is_reboot(&self) -> bool {
+        *self == ExitReason::Code(REBOOT_STATUS)
+    }
+}
+
+/// `skiff run`'s exit status for a guest's reboot request.
+pub const REBOOT_STATUS: i32 = 5;
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Code(0) => write!(f, "exited normally"),
+            ExitReason::Code(3) => write!(f, "exit status 3 (guest kernel panic)"),
+            ExitReason::Code(4) => write!(f, "exit status 4 (VM crashed)"),
+            ExitReason::Code(5) => write!(f, "exit status 5 (guest reboot request)"),
+            ExitReason::Code(code) => write!(f, "exit status {code}"),
+            ExitReason::Signal(sig) => write!(f, "killed by signal {sig}"),
+            ExitReason::Unknown => write!(f, "ended without an exit status (killed)"),
+        }
+    }
+}
+
+/// One VM as `GET /vms/{name}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub state: VmState,
+    pub desired: Desired,
+    pub spec: VmSpec,
+    /// The VMM's process id while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Restarts by the restart policy since the last start on request.
+    pub restarts: u32,
+    /// Why the VM is failed or restarting: how its VMM ended and its last line on stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// From the VMM's control socket, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<skiff_api::control::VmStats>,
+    /// The serial console's files on the daemon's host (`skiff vm console` uses them).
+    pub console: ConsoleFiles,
+}
+
+/// The serial console of a VM under the daemon: a FIFO for input and a log of its output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleFiles {
+    pub input: String,
+    pub log: String,
+}
+
+/// One thing that happened to a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub vm: String,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    Started,
+    Adopted,
+    Stopped,
+    Paused,
+    Resumed,
+    Restarting,
+    Failed,
+    Deleted,
+}
+
+/// `GET /host`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub version: String,
+    pub pid: i32,
+    pub uptime_secs: u64,
+    pub state_dir: String,
+    pub vms: u32,
+    pub running: u32,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,730 @@
+//! The daemon's one action layer: every lifecycle action (create, start, stop, pause,
+//! resume, delete, inspect, ...) is a method of [`Host`]; the HTTP routes only translate.
+//! The supervisor (`supervisor.rs`) reports VMM exits back here.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use skiff_api::control::{ControlRequest, RunState, VmStats};
+use tokio::sync::watch;
+
+use crate::error::HostError;
+use crate::model::{
+    ConsoleFiles, Desired, Event, EventKind, ExitReason, HostStatus, VmInfo, VmState,
+};
+use crate::process::{self, PidFd};
+use crate::restart::{self, AfterExit};
+use crate::store::{ProcessRecord, Store, VmPaths, VmRecord};
+use crate::validate;
+use crate::vmm::{self, VmmClient};
+
+/// How many host-wide events are kept in memory (each VM's are on disk too).
+const RECENT_EVENTS: usize = 1000;
+/// How often a starting VMM's control socket is tried.
+const READY_POLL: Duration = Duration::from_millis(100);
+/// After a forced kill, how long the kernel gets to end the process.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    pub state_dir: PathBuf,
+    /// The `skiff` binary whose `run` starts a VMM.
+    pub vmm_bin: PathBuf,
+    /// How long a stop waits for the VMM to end before killing it.
+    pub stop_timeout: Duration,
+    /// How long a start waits for the VMM's control socket to answer.
+    pub start_timeout: Duration,
+}
+
+/// The host: every VM and what the daemon knows of it.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: HostConfig,
+    store: Store,
+    vms: Mutex<BTreeMap<String, VmEntry>>,
+    recent: Mutex<VecDeque<Event>>,
+    started: Instant,
+}
+
+/// One VM in memory: its persisted record plus what only a running daemon has.
+struct VmEntry {
+    record: VmRecord,
+    paths: VmPaths,
+    client: VmmClient,
+    /// Bumped at each launch: a watcher or a scheduled restart of an older process sees
+    /// that it is stale and does nothing.
+    generation: u64,
+    pidfd: Option<Arc<PidFd>>,
+    state: watch::Sender<VmState>,
+    launched_at: Option<Instant>,
+    failures_in_a_row: u32,
+    /// The latest sample from the VMM's control socket.
+    stats: Option<VmStats>,
+}
+
+impl VmEntry {
+    fn new(record: VmRecord, paths: VmPaths) -> Self {
+        let client = VmmClient::new(paths.control_socket());
+        let (state, _) = watch::channel(record.state);
+        VmEntry {
+            record,
+            paths,
+            client,
+            generation: 0,
+            pidfd: None,
+            state,
+            launched_at: None,
+            failures_in_a_row: 0,
+            stats: None,
+        }
+    }
+
+    fn set_state(&mut self, state: VmState) {
+        self.record.state = state;
+        self.state.send_replace(state);
+    }
+
+    fn info(&self, name: &str) -> VmInfo {
+        VmInfo {
+            name: name.to_string(),
+            state: self.record.state,
+            desired: self.record.desired,
+            spec: self.record.spec.clone(),
+            pid: self.record.process.map(|p| p.pid),
+            restarts: self.record.restarts,
+            reason: self.record.reason.clone(),
+            stats: self.stats.clone(),
+            console: ConsoleFiles {
+                input: self.paths.console_in().display().to_string(),
+                log: self.paths.console_log().display().to_string(),
+            },
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a VM table half-updated in a way that
+    // matters more than stopping the daemon would: keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Host {
+    /// Loads the state directory and takes back every VMM still running (without stopping
+    /// it); VMs whose VMM ended while the daemon was away are settled by their policy.
+    pub async fn open(config: HostConfig) -> Result<Host, HostError> {
+        let store = Store::open(&config.state_dir)?;
+        let mut vms = BTreeMap::new();
+        for (name, record) in store.load_all()? {
+            let paths = store.paths(&name);
+            vms.insert(name, VmEntry::new(record, paths));
+        }
+        let names: Vec<String> = vms.keys().cloned().collect();
+        let host = Host {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                vms: Mutex::new(vms),
+                recent: Mutex::new(VecDeque::new()),
+                started: Instant::now(),
+            }),
+        };
+        for name in names {
+            host.recover(&name).await;
+        }
+        Ok(host)
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+
+    fn with_vm<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut VmEntry) -> Result<R, HostError>,
+    ) -> Result<R, HostError> {
+        let mut vms = lock(&self.inner.vms);
+        let entry = vms
+            .get_mut(name)
+            .ok_or_else(|| HostError::NotFound(name.to_string()))?;
+        f(entry)
+    }
+
+    fn persist(&self, name: &str, entry: &VmEntry) -> Result<(), HostError> {
+        self.inner.store.save(name, &entry.record)?;
+        Ok(())
+    }
+
+    /// Same as `persist`, for paths that have nobody to report an error to.
+    fn persist_or_log(&self, name: &str, entry: &VmEntry) {
+        if let Err(e) = self.persist(name, entry) {
+            log::error!("cannot save VM {name}: {e}");
+        }
+    }
+
+    fn event(&self, name: &str, kind: EventKind, message: impl Into<String>) {
+        let event = Event {
+            time_ms: now_ms(),
+            vm: name.to_string(),
+            kind,
+            message: message.into(),
+        };
+        log::info!("{name}: {:?}: {}", event.kind, event.message);
+        if kind != EventKind::Deleted {
+            if let Err(e) = self.inner.store.append_event(&event) {
+                log::warn!("cannot record event for {name}: {e}");
+            }
+        }
+        let mut recent = lock(&self.inner.recent);
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back(event);
+    }
+
+    // ---- queries ----
+
+    pub fn list(&self) -> Vec<VmInfo> {
+        lock(&self.inner.vms)
+            .iter()
+            .map(|(name, entry)| entry.info(name))
+            .collect()
+    }
+
+    /// The VM with fresh figures from its VMM when it runs.
+    pub async fn inspect(&self, name: &str) -> Result<VmInfo, HostError> {
+        let (client, has_process) = self.with_vm(name, |e| {
+            Ok((e.client.clone(), e.record.state.has_process()))
+        })?;
+        if has_process {
+            if let Ok(stats) = client.stats().await {
+                self.record_stats(name, stats);
+            }
+        }
+        self.with_vm(name, |e| Ok(e.info(name)))
+    }
+
+    /// The VM's events, oldest first.
+    pub fn events(&self, name: &str) -> Result<Vec<Event>, HostError> {
+        self.with_vm(name, |_| Ok(()))?;
+        Ok(self.inner.store.events(name)?)
+    }
+
+    /// Recent events of every VM (deletions included), oldest first.
+    pub fn recent_events(&self) -> Vec<Event> {
+        lock(&self.inner.recent).iter().cloned().collect()
+    }
+
+    /// The tail of the guest's serial console.
+    pub fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, HostError> {
+        let path = self.with_vm(name, |e| Ok(e.paths.console_log()))?;
+        match vmm::read_tail(&path, max_bytes) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(HostError::Store(crate::store::StoreError::Io {
+                path,
+                source: e,
+            })),
+        }
+    }
+
+    pub fn status(&self) -> HostStatus {
+        let (total, available) = process::host_memory();
+        let vms = lock(&self.inner.vms);
+        HostStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id() as i32,
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            state_dir: self.inner.config.state_dir.display().to_string(),
+            vms: vms.len() as u32,
+            running: vms
+                .values()
+                .filter(|e| e.record.state == VmState::Running)
+                .count() as u32,
+            memory_total_bytes: total,
+            memory_available_bytes: available,
+        }
+    }
+
+    /// Every VM with a VMM, and the client of its control socket: for the periodic
+    /// sampling (and the memory manager).
+    pub fn running_vmms(&self) -> Vec<(String, VmmClient)> {
+        lock(&self.inner.vms)
+            .iter()
+            .filter(|(_, e)| matches!(e.record.state, VmState::Running | VmState::Paused))
+            .map(|(name, e)| (name.clone(), e.client.clone()))
+            .collect()
+    }
+
+    pub fn record_stats(&self, name: &str, stats: VmStats) {
+        if let Some(entry) = lock(&self.inner.vms).get_mut(name) {
+            if entry.record.state.has_process() {
+                entry.stats = Some(stats);
+            }
+        }
+    }
+
+    /// For metrics: each VM's info and its VMM's CPU time in seconds.
+    pub fn metric_samples(&self) -> Vec<(VmInfo, Option<f64>)> {
+        self.list()
+            .into_iter()
+            .map(|info| {
+                let cpu = info.pid.and_then(|pid| process::cpu_seconds(pid).ok());
+                (info, cpu)
+            })
+            .collect()
+    }
+
+    // ---- actions ----
+
+    /// Defines a VM from a JSON spec; starts it too when `start` is set.
+    pub async fn create(&self, body: &[u8], start: bool) -> Result<VmInfo, HostError> {
+        let spec = validate::parse_spec(body)?;
+        let name = validate::check_spec(&spec, &self.inner.config.state_dir)?;
+        {
+            let mut vms = lock(&self.inner.vms);
+            if vms.contains_key(&name) {
+                return Err(HostError::Duplicate(name));
+            }
+            let paths = match self.inner.store.create_dir(&name) {
+                Ok(paths) => paths,
+                Err(crate::store::StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    return Err(HostError::Duplicate(name));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let record = VmRecord {
+                spec,
+                desired: Desired::Stopped,
+                state: VmState::Stopped,
+                reason: None,
+                restarts: 0,
+                process: None,
+            };
+            let entry = VmEntry::new(record, paths);
+            if let Err(e) = self.persist(&name, &entry) {
+                let _ = self.inner.store.remove(&name);
+                return Err(e);
+            }
+            vms.insert(name.clone(), entry);
+        }
+        self.event(&name, EventKind::Created, "created");
+        if start {
+            return self.start(&name).await;
+        }
+        self.with_vm(&name, |e| Ok(e.info(&name)))
+    }
+
+    pub async fn start(&self, name: &str) -> Result<VmInfo, HostError> {
+        self.with_vm(name, |e| {
+            if e.record.state.has_process() {
+                return Err(HostError::Conflict(format!(
+                    "VM `{name}` is already {}",
+                    e.record.state.as_str()
+                )));
+            }
+            e.record.desired = Desired::Running;
+            e.record.restarts = 0;
+            e.record.reason = None;
+            e.failures_in_a_row = 0;
+            e.set_state(VmState::Starting);
+            self.persist(name, e)
+        })?;
+        let generation = self.launch(name)?;
+        self.wait_ready(name, generation).await;
+        self.with_vm(name, |e| Ok(e.info(name)))
+    }
+
+    /// Starts the VMM process of a VM in state `starting` or `restarting`.
+    fn launch(&self, name: &str) -> Result<u64, HostError> {
+        let (paths, generation) = self.with_vm(name, |e| {
+            e.generation += 1;
+            e.set_state(VmState::Starting);
+            Ok((e.paths.clone(), e.generation))
+        })?;
+        let launched = vmm::launch(&self.inner.config.vmm_bin, &paths).and_then(|pid| {
+            let pidfd = PidFd::open(pid)?;
+            Ok((pid, pidfd))
+        });
+        let (pid, pidfd) = match launched {
+            Ok(launched) => launched,
+            Err(source) => {
+                let error = HostError::Launch {
+                    name: name.to_string(),
+                    source,
+                };
+                let _ = self.with_vm(name, |e| {
+                    e.record.reason = Some(error.to_string());
+                    e.set_state(VmState::Failed);
+                    self.persist(name, e)
+                });
+                self.event(name, EventKind::Failed, error.to_string());
+                return Err(error);
+            }
+        };
+        let pidfd = Arc::new(pidfd);
+        let start_time = process::start_time(pid).unwrap_or(0);
+        self.with_vm(name, |e| {
+            e.record.process = Some(ProcessRecord { pid, start_time });
+            e.pidfd = Some(pidfd.clone());
+            e.launched_at = Some(Instant::now());
+            if e.record.desired == Desired::Stopped {
+                // Stopped (or deleted) while starting: it has not booted anything yet.
+                let _ = pidfd.signal(libc::SIGKILL);
+            }
+            self.persist(name, e)
+        })?;
+        crate::supervisor::watch(self.clone(), name.to_string(), generation, pidfd);
+        Ok(generation)
+    }
+
+    /// Waits for a starting VMM's control socket, then calls it running.
+    async fn wait_ready(&self, name: &str, generation: u64) {
+        let deadline = Instant::now() + self.inner.config.start_timeout;
+        while Instant::now() < deadline {
+            let Ok((client, current, state)) = self.with_vm(name, |e| {
+                Ok((e.client.clone(), e.generation, e.record.state))
+            }) else {
+                return;
+            };
+            if current != generation || state != VmState::Starting {
+                return; // ended, stopped or started again meanwhile
+            }
+            if let Ok(stats) = client.stats().await {
+                let _ = self.with_vm(name, |e| {
+                    if e.generation == generation && e.record.state == VmState::Starting {
+                        e.set_state(match stats.state {
+                            RunState::Running => VmState::Running,
+                            RunState::Paused => VmState::Paused,
+                        });
+                        e.stats = Some(stats);
+                        self.persist_or_log(name, e);
+                        let pid = e.record.process.map_or(0, |p| p.pid);
+                        self.event(name, EventKind::Started, format!("VMM pid {pid}"));
+                    }
+                    Ok(())
+                });
+                return;
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        log::warn!("{name}: the VMM's control socket did not answer in time");
+    }
+
+    /// Stops the VM: the VMM is asked to stop, then killed if it has not ended in time.
+    pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<VmInfo, HostError> {
+        let waiting = self.with_vm(name, |e| {
+            e.record.desired = Desired::Stopped;
+            if !e.record.state.has_process() {
+                if matches!(e.record.state, VmState::Restarting | VmState::Failed) {
+                    e.set_state(VmState::Stopped);
+                    e.generation += 1; // cancels a scheduled restart
+                }
+                self.persist(name, e)?;
+                return Ok(None);
+            }
+            e.set_state(VmState::Stopping);
+            self.persist(name, e)?;
+            Ok(Some((e.client.clone(), e.state.subscribe())))
+        })?;
+        let Some((client, mut state)) = waiting else {
+            return self.with_vm(name, |e| Ok(e.info(name)));
+        };
+        if let Err(e) = client.command(ControlRequest::Stop).await {
+            log::info!("{name}: stop request not answered ({e}); will kill the VMM");
+        }
+        let timeout = timeout.unwrap_or(self.inner.config.stop_timeout);
+        let ended = |s: &VmState| !s.has_process();
+        if tokio::time::timeout(timeout, state.wait_for(ended))
+            .await
+            .is_err()
+        {
+            let pidfd = self.with_vm(name, |e| Ok(e.pidfd.clone()))?;
+            if let Some(pidfd) = pidfd {
+                log::warn!("{name}: VMM did not stop within {timeout:?}; killing it");
+                let _ = pidfd.signal(libc::SIGKILL);
+            }
+            if tokio::time::timeout(KILL_GRACE, state.wait_for(ended))
+                .await
+                .is_err()
+            {
+                return Err(HostError::Conflict(format!(
+                    "VM `{name}`: its VMM did not end even when killed"
+                )));
+            }
+        }
+        self.with_vm(name, |e| Ok(e.info(name)))
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<VmInfo, HostError> {
+        self.pause_or_resume(name, true).await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<VmInfo, HostError> {
+        self.pause_or_resume(name, false).await
+    }
+
+    async fn pause_or_resume(&self, name: &str, pause: bool) -> Result<VmInfo, HostError> {
+        let (from, to, request, kind) = if pause {
+            (
+                VmState::Running,
+                VmState::Paused,
+                ControlRequest::Pause,
+                EventKind::Paused,
+            )
+        } else {
+            (
+                VmState::Paused,
+                VmState::Running,
+                ControlRequest::Resume,
+                EventKind::Resumed,
+            )
+        };
+        let client = self.with_vm(name, |e| {
+            if e.record.state != from {
+                return Err(HostError::Conflict(format!(
+                    "VM `{name}` is {}, not {}",
+                    e.record.state.as_str(),
+                    from.as_str()
+                )));
+            }
+            Ok(e.client.clone())
+        })?;
+        client
+            .command(request)
+            .await
+            .map_err(|source| HostError::Vmm {
+                name: name.to_string(),
+                source,
+            })?;
+        let info = self.with_vm(name, |e| {
+            if e.record.state == from {
+                e.set_state(to);
+                self.persist(name, e)?;
+            }
+            Ok(e.info(name))
+        })?;
+        self.event(name, kind, to.as_str());
+        Ok(info)
+    }
+
+    /// Stops the VM if it runs, then forgets it and its files.
+    pub async fn delete(&self, name: &str) -> Result<(), HostError> {
+        for _ in 0..3 {
+            let removed = {
+                let mut vms = lock(&self.inner.vms);
+                let entry = vms
+                    .get(name)
+                    .ok_or_else(|| HostError::NotFound(name.to_string()))?;
+                if entry.record.state.has_process() {
+                    false
+                } else {
+                    self.inner.store.remove(name)?;
+                    vms.remove(name);
+                    true
+                }
+            };
+            if removed {
+                self.event(name, EventKind::Deleted, "deleted");
+                return Ok(());
+            }
+            self.stop(name, None).await?;
+        }
+        Err(HostError::Conflict(format!(
+            "VM `{name}` keeps being started; not deleted"
+        )))
+    }
+
+    // ---- supervision ----
+
+    /// Called by the supervisor when a VMM process of `generation` ended.
+    pub(crate) fn on_exit(&self, name: &str, generation: u64, pid: i32) {
+        let status_file = match self.with_vm(name, |e| Ok(e.paths.status_file())) {
+            Ok(path) => path,
+            Err(_) => {
+                process::reap_child(pid);
+                return;
+            }
+        };
+        let reason = process::reap_child(pid)
+            .or_else(|| vmm::read_status_file(&status_file).map(ExitReason::Code))
+            .unwrap_or(ExitReason::Unknown);
+        let restart = self
+            .with_vm(name, |e| {
+                if e.generation != generation {
+                    return Ok(None);
+                }
+                Ok(self.settle_exit(name, e, &reason))
+            })
+            .ok()
+            .flatten();
+        if let Some(delay) = restart {
+            self.schedule_restart(name.to_string(), generation, delay);
+        }
+    }
+
+    /// Applies the restart policy to an ended VMM; returns the restart delay if any.
+    fn settle_exit(&self, name: &str, e: &mut VmEntry, reason: &ExitReason) -> Option<Duration> {
+        e.pidfd = None;
+        e.record.process = None;
+        e.stats = None;
+        if e.launched_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= restart::HEALTHY_RUN)
+        {
+            e.failures_in_a_row = 0;
+        }
+        let mut why = reason.to_string();
+        if reason.is_failure() {
+            if let Some(line) = vmm::last_log_line(&e.paths.vmm_log()) {
+                why = format!("{why}; VMM said: {line}");
+            }
+        }
+        let policy = e.record.spec.restart;
+        let decision = restart::after_exit(policy, e.record.desired, reason, e.failures_in_a_row);
+        let restart = match decision {
+            AfterExit::Stopped => {
+                e.record.desired = Desired::Stopped;
+                e.record.reason = None;
+                e.set_state(VmState::Stopped);
+                self.event(name, EventKind::Stopped, why);
+                None
+            }
+            AfterExit::Restart(delay) => {
+                if reason.is_failure() {
+                    e.failures_in_a_row += 1;
+                }
+                e.record.restarts += 1;
+                e.record.reason = Some(why.clone());
+                e.set_state(VmState::Restarting);
+                self.event(
+                    name,
+                    EventKind::Restarting,
+                    format!(
+                        "{why}; restart {} in {} ms",
+                        e.record.restarts,
+                        delay.as_millis()
+                    ),
+                );
+                Some(delay)
+            }
+            AfterExit::Failed => {
+                e.record.reason = Some(why.clone());
+                e.set_state(VmState::Failed);
+                self.event(name, EventKind::Failed, why);
+                None
+            }
+        };
+        self.persist_or_log(name, e);
+        restart
+    }
+
+    fn schedule_restart(&self, name: String, generation: u64, delay: Duration) {
+        let host = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let still_wanted = host
+                .with_vm(&name, |e| {
+                    Ok(e.generation == generation
+                        && e.record.state == VmState::Restarting
+                        && e.record.desired == Desired::Running)
+                })
+                .unwrap_or(false);
+            if !still_wanted {
+                return;
+            }
+            match host.launch(&name) {
+                Ok(generation) => host.wait_ready(&name, generation).await,
+                Err(e) => log::error!("{name}: restart failed: {e}"),
+            }
+        });
+    }
+
+    /// After a daemon restart: adopt a VMM that still runs, or settle one that ended.
+    async fn recover(&self, name: &str) {
+        let Ok((process, client, status_file, state)) = self.with_vm(name, |e| {
+            Ok((
+                e.record.process,
+                e.client.clone(),
+                e.paths.status_file(),
+                e.record.state,
+            ))
+        }) else {
+            return;
+        };
+        match process {
+            Some(p) if process::is_same_process(p.pid, p.start_time) => {
+                let pidfd = match PidFd::open(p.pid) {
+                    Ok(fd) => Arc::new(fd),
+                    Err(e) => {
+                        log::error!("{name}: cannot watch VMM pid {}: {e}", p.pid);
+                        return;
+                    }
+                };
+                let stats = client.stats().await.ok();
+                let adopted = self.with_vm(name, |e| {
+                    e.generation += 1;
+                    e.pidfd = Some(pidfd.clone());
+                    e.launched_at = Some(Instant::now());
+                    let now = match (&stats, state) {
+                        (_, VmState::Stopping) => VmState::Stopping,
+                        (Some(s), _) if s.state == RunState::Paused => VmState::Paused,
+                        _ => VmState::Running,
+                    };
+                    e.stats = stats.clone();
+                    e.set_state(now);
+                    self.persist_or_log(name, e);
+                    Ok(e.generation)
+                });
+                if let Ok(generation) = adopted {
+                    self.event(
+                        name,
+                        EventKind::Adopted,
+                        format!("VMM pid {} still running", p.pid),
+                    );
+                    crate::supervisor::watch(self.clone(), name.to_string(), generation, pidfd);
+                    if state == VmState::Stopping {
+                        let _ = client.command(ControlRequest::Stop).await;
+                    }
+                }
+            }
+            Some(_) => {
+                let reason = vmm::read_status_file(&status_file)
+                    .map(ExitReason::Code)
+                    .unwrap_or(ExitReason::Unknown);
+                let restart = self
+                    .with_vm(name, |e| Ok(self.settle_exit(name, e, &reason)))
+                    .ok()
+                    .flatten();
+                if let Some(delay) = restart {
+                    let generation = self.with_vm(name, |e| Ok(e.generation)).unwrap_or(0);
+                    self.schedule_restart(name.to_string(), generation, delay);
+                }
+            }
+            None if matches!(state, VmState::Restarting | VmState::Starting) => {
+                let generation = self
+                    .with_vm(name, |e| {
+                        e.set_state(VmState::Restarting);
+                        Ok(e.generation)
+                    })
+                    .unwrap_or(0);
+                self.schedule_restart(name.to_string(), generation, Duration::ZERO);
+            }
+            None => {}
+        }
+    }
+}

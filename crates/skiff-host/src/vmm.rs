@@ -1,0 +1,215 @@
+//! One VMM process: starting `skiff run` for a VM, and the client of its control socket.
+//! The client is what every part of the daemon (supervisor, API, memory manager) uses to
+//! talk to a running VM.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use skiff_api::control::{ControlRequest, ControlResponse, VmStats};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::store::VmPaths;
+
+/// A VMM that does not answer a control request in this time is treated as not answering.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot reach the VMM's control socket {path}: {source}")]
+    Unreachable { path: PathBuf, source: io::Error },
+    #[error("the VMM did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the VMM refused: {0}")]
+    Refused(String),
+    #[error("the VMM's answer is not a control response: {0}")]
+    BadResponse(String),
+}
+
+/// The client of one VMM's control socket (`skiff_api::control`).
+#[derive(Clone, Debug)]
+pub struct VmmClient {
+    socket: PathBuf,
+}
+
+impl VmmClient {
+    pub fn new(socket: PathBuf) -> Self {
+        VmmClient { socket }
+    }
+
+    pub async fn request(&self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request))
+            .await
+            .map_err(|_| ControlError::Timeout(REQUEST_TIMEOUT))?
+    }
+
+    async fn exchange(&self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
+        let unreachable = |source| ControlError::Unreachable {
+            path: self.socket.clone(),
+            source,
+        };
+        let mut stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(unreachable)?;
+        let mut line =
+            serde_json::to_string(request).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        line.push('\n');
+        stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(unreachable)?;
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .await
+            .map_err(unreachable)?;
+        serde_json::from_str(answer.trim()).map_err(|e| ControlError::BadResponse(e.to_string()))
+    }
+
+    /// Sends a request that answers with nothing but ok.
+    pub async fn command(&self, request: ControlRequest) -> Result<(), ControlError> {
+        match self.request(&request).await? {
+            ControlResponse::Ok { .. } => Ok(()),
+            ControlResponse::Error { message } => Err(ControlError::Refused(message)),
+        }
+    }
+
+    pub async fn stats(&self) -> Result<VmStats, ControlError> {
+        match self.request(&ControlRequest::Stats).await? {
+            ControlResponse::Ok { stats: Some(stats) } => Ok(stats),
+            ControlResponse::Ok { stats: None } => {
+                Err(ControlError::BadResponse("stats missing".into()))
+            }
+            ControlResponse::Error { message } => Err(ControlError::Refused(message)),
+        }
+    }
+
+    pub async fn balloon(&self, target_mib: u64) -> Result<(), ControlError> {
+        self.command(ControlRequest::Balloon { target_mib }).await
+    }
+}
+
+/// Starts `skiff run` for the VM in `paths`, in its own session so that it outlives the
+/// daemon. Its serial console is a FIFO (stdin) and a log file (stdout), which need no
+/// process on the other side: the console survives a daemon restart.
+pub fn launch(vmm_bin: &Path, paths: &VmPaths) -> io::Result<i32> {
+    make_fifo(&paths.console_in())?;
+    // Read-write, so the VMM itself holds a writer and never sees end-of-file on its console
+    // when an attached client goes away.
+    let stdin = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(paths.console_in())?;
+    let append = |path: PathBuf| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+    };
+    let stdout = append(paths.console_log())?;
+    let stderr = append(paths.vmm_log())?;
+    match std::fs::remove_file(paths.status_file()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut command = Command::new(vmm_bin);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(paths.spec())
+        .arg("--control-socket")
+        .arg(paths.control_socket())
+        .arg("--status-file")
+        .arg(paths.status_file())
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    // The child is reaped through its pidfd (supervisor), not through `Child`.
+    Ok(child.id() as i32)
+}
+
+fn make_fifo(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path holds a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated path and a mode.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The last non-empty line of the VMM's stderr log: usually why it ended.
+pub fn last_log_line(path: &Path) -> Option<String> {
+    let text = read_tail(path, 4096).ok()?;
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// The last `max` bytes of a file (lossily decoded).
+pub fn read_tail(path: &Path, max: u64) -> io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `skiff run --status-file`'s content: the exit status the VMM reported.
+pub fn read_status_file(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_and_status_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("vmm.log");
+        std::fs::write(&log, "first\nskiff: guest kernel panicked\n\n").expect("write");
+        assert_eq!(
+            last_log_line(&log).as_deref(),
+            Some("skiff: guest kernel panicked")
+        );
+        assert_eq!(last_log_line(&dir.path().join("none")), None);
+        assert_eq!(read_tail(&log, 7).expect("tail"), "icked\n\n");
+        let status = dir.path().join("exit-status");
+        assert_eq!(read_status_file(&status), None);
+        std::fs::write(&status, "3\n").expect("write");
+        assert_eq!(read_status_file(&status), Some(3));
+    }
+
+    #[tokio::test]
+    async fn client_reports_an_unreachable_socket() {
+        let client = VmmClient::new(PathBuf::from("/nonexistent/control.sock"));
+        let err = client.stats().await.expect_err("no VMM");
+        assert!(matches!(err, ControlError::Unreachable { .. }), "{err}");
+    }
+}

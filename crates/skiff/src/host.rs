@@ -1,0 +1,132 @@
+//! `skiff host`: run the host daemon; `skiff host status`: ask it how it is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use skiff_host::model::HostStatus;
+use skiff_host::server::ServeOptions;
+use skiff_host::HostConfig;
+
+use crate::api_client::{self, DaemonAddress};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HostArgs {
+    #[command(subcommand)]
+    action: Option<HostAction>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Subcommand)]
+enum HostAction {
+    /// The daemon's version, uptime, VM counts and host memory.
+    Status {
+        #[command(flatten)]
+        address: DaemonAddress,
+        /// Print the JSON the API returns.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Where VM definitions, consoles, logs and events live.
+    #[arg(long, default_value = "/var/lib/skiff", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// The API's unix socket.
+    #[arg(long, env = "SKIFF_SOCKET", default_value = api_client::DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+    /// Permissions of the unix socket, in octal (0600: root only).
+    #[arg(long, default_value = "600", value_name = "MODE")]
+    socket_mode: String,
+    /// Also serve the API over TCP on this address (requires --token-file).
+    #[arg(long, value_name = "ADDR:PORT", requires = "token_file")]
+    listen: Option<SocketAddr>,
+    /// The bearer token TCP clients must present (the file's first line).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The `skiff` binary that runs VMs [default: this program].
+    #[arg(long, value_name = "PATH")]
+    vmm_bin: Option<PathBuf>,
+    /// Seconds a stop waits for a VM to end before killing its VMM.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    stop_timeout: u64,
+}
+
+pub fn run(args: HostArgs) -> Result<u8> {
+    match args.action {
+        Some(HostAction::Status { address, json }) => status(&address, json),
+        None => serve(args.daemon),
+    }
+}
+
+fn status(address: &DaemonAddress, json: bool) -> Result<u8> {
+    let client = address.client()?;
+    if json {
+        let body = api_client::call(&client, "GET", "/host", None)?;
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(0);
+    }
+    let s: HostStatus = api_client::call_json(&client, "GET", "/host", None)?;
+    println!(
+        "skiff host {} (pid {}), up {} s",
+        s.version, s.pid, s.uptime_secs
+    );
+    println!("state dir: {}", s.state_dir);
+    println!("VMs: {} ({} running)", s.vms, s.running);
+    println!(
+        "host memory: {} MiB total, {} MiB available",
+        s.memory_total_bytes >> 20,
+        s.memory_available_bytes >> 20
+    );
+    Ok(0)
+}
+
+fn serve(args: DaemonArgs) -> Result<u8> {
+    if std::env::var_os("SKIFF_LOG").is_none() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let vmm_bin = match args.vmm_bin {
+        Some(path) => path,
+        None => std::env::current_exe().context("cannot find this program to run VMs with")?,
+    };
+    let socket_mode = u32::from_str_radix(&args.socket_mode, 8)
+        .with_context(|| format!("--socket-mode {} is not an octal mode", args.socket_mode))?;
+    let tcp = match (args.listen, &args.token_file) {
+        (Some(addr), Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim().to_string();
+            anyhow::ensure!(
+                token.len() >= 16,
+                "the token in {} is shorter than 16 characters",
+                path.display()
+            );
+            Some((addr, token))
+        }
+        _ => None,
+    };
+    let config = HostConfig {
+        state_dir: args.state_dir,
+        vmm_bin,
+        stop_timeout: Duration::from_secs(args.stop_timeout),
+        start_timeout: Duration::from_secs(60),
+    };
+    let options = ServeOptions {
+        socket: args.socket,
+        socket_mode,
+        tcp,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(skiff_host::server::run(config, options))?;
+    Ok(0)
+}

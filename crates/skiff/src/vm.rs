@@ -1,0 +1,245 @@
+//! `skiff vm ...`: manage VMs through the host daemon.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use skiff_api::VmSpec;
+use skiff_host::model::{Event, VmInfo};
+
+use crate::api_client::{call, call_json, DaemonAddress};
+
+#[derive(Args)]
+pub struct VmArgs {
+    #[command(flatten)]
+    address: DaemonAddress,
+    #[command(subcommand)]
+    action: VmAction,
+}
+
+#[derive(Subcommand)]
+enum VmAction {
+    /// Define a VM from a spec file (TOML, or JSON if it ends in .json).
+    Create {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Start it too.
+        #[arg(long)]
+        start: bool,
+    },
+    /// List the VMs.
+    #[command(alias = "list")]
+    Ls {
+        /// Print the JSON the API returns.
+        #[arg(long)]
+        json: bool,
+    },
+    Start {
+        name: String,
+    },
+    /// Stop a VM: its VMM is asked to stop, then killed after the timeout.
+    Stop {
+        name: String,
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Delete a VM (stopping it first).
+    #[command(alias = "delete")]
+    Rm {
+        name: String,
+    },
+    /// Everything the daemon knows about a VM (JSON).
+    Inspect {
+        name: String,
+    },
+    /// What happened to a VM (JSON lines).
+    Events {
+        name: String,
+    },
+    /// The end of a VM's serial console output.
+    Logs {
+        name: String,
+    },
+    /// Attach to a VM's serial console (on the daemon's machine); Ctrl-] detaches.
+    Console {
+        name: String,
+    },
+}
+
+pub fn run(args: VmArgs) -> Result<u8> {
+    let client = args.address.client()?;
+    let vm_path = |name: &str, action: &str| format!("/vms/{name}{action}");
+    match args.action {
+        VmAction::Create { file, start } => {
+            let spec = read_spec(&file)?;
+            let body = serde_json::to_vec(&spec)?;
+            let path = if start { "/vms?start=true" } else { "/vms" };
+            let info: VmInfo = call_json(&client, "POST", path, Some(body))?;
+            println!("{} {}", info.name, info.state.as_str());
+        }
+        VmAction::Ls { json } => {
+            let body = call(&client, "GET", "/vms", None)?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+            } else {
+                let vms: Vec<VmInfo> = serde_json::from_slice(&body)?;
+                print!("{}", table(&vms));
+            }
+        }
+        VmAction::Start { name } => {
+            print_state(call_json(&client, "POST", &vm_path(&name, "/start"), None)?)
+        }
+        VmAction::Stop { name, timeout } => {
+            let query = timeout
+                .map(|t| format!("?timeout_secs={t}"))
+                .unwrap_or_default();
+            print_state(call_json(
+                &client,
+                "POST",
+                &vm_path(&name, &format!("/stop{query}")),
+                None,
+            )?)
+        }
+        VmAction::Pause { name } => {
+            print_state(call_json(&client, "POST", &vm_path(&name, "/pause"), None)?)
+        }
+        VmAction::Resume { name } => print_state(call_json(
+            &client,
+            "POST",
+            &vm_path(&name, "/resume"),
+            None,
+        )?),
+        VmAction::Rm { name } => {
+            call(&client, "DELETE", &vm_path(&name, ""), None)?;
+            println!("{name} deleted");
+        }
+        VmAction::Inspect { name } => {
+            let body = call(&client, "GET", &vm_path(&name, ""), None)?;
+            let value: serde_json::Value = serde_json::from_slice(&body)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        VmAction::Events { name } => {
+            let events: Vec<Event> = call_json(&client, "GET", &vm_path(&name, "/events"), None)?;
+            for event in events {
+                println!("{}", serde_json::to_string(&event)?);
+            }
+        }
+        VmAction::Logs { name } => {
+            let body = call(&client, "GET", &vm_path(&name, "/console"), None)?;
+            print!("{}", String::from_utf8_lossy(&body));
+        }
+        VmAction::Console { name } => {
+            let info: VmInfo = call_json(&client, "GET", &vm_path(&name, ""), None)?;
+            crate::attach::attach(&info)?;
+        }
+    }
+    Ok(0)
+}
+
+fn print_state(info: VmInfo) {
+    match &info.reason {
+        Some(reason) => println!("{} {} ({reason})", info.name, info.state.as_str()),
+        None => println!("{} {}", info.name, info.state.as_str()),
+    }
+}
+
+/// Reads a spec file; relative paths in it are taken from the file's directory, since the
+/// daemon runs elsewhere.
+fn read_spec(path: &Path) -> Result<VmSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut spec = if path.extension().is_some_and(|e| e == "json") {
+        VmSpec::from_json(&text)
+    } else {
+        VmSpec::from_toml(&text)
+    }
+    .with_context(|| format!("invalid spec {}", path.display()))?;
+    let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))?;
+    let absolute = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    absolute(&mut spec.kernel);
+    if let Some(initrd) = spec.initrd.as_mut() {
+        absolute(initrd);
+    }
+    for disk in &mut spec.disks {
+        absolute(&mut disk.path);
+    }
+    Ok(spec)
+}
+
+/// An aligned table: NAME STATE VCPUS MEMORY PID RESTARTS.
+fn table(vms: &[VmInfo]) -> String {
+    let mut rows = vec![["NAME", "STATE", "VCPUS", "MEMORY", "PID", "RESTARTS"]
+        .map(String::from)
+        .to_vec()];
+    for vm in vms {
+        rows.push(vec![
+            vm.name.clone(),
+            vm.state.as_str().to_string(),
+            vm.spec.vcpus.to_string(),
+            vm.spec.memory.size.to_string(),
+            vm.pid.map_or("-".into(), |p| p.to_string()),
+            vm.restarts.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_line_up() {
+        let spec =
+            VmSpec::from_json(r#"{"name":"web-1","kernel":"/k","memory":"128M"}"#).expect("spec");
+        let vm = |name: &str, pid| VmInfo {
+            name: name.into(),
+            state: skiff_host::model::VmState::Running,
+            desired: skiff_host::model::Desired::Running,
+            spec: spec.clone(),
+            pid,
+            restarts: 0,
+            reason: None,
+            stats: None,
+            console: skiff_host::model::ConsoleFiles {
+                input: String::new(),
+                log: String::new(),
+            },
+        };
+        let text = table(&[vm("a", Some(12345)), vm("a-much-longer-name", None)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let state_col = lines[0].find("STATE").expect("header");
+        assert!(
+            lines
+                .iter()
+                .skip(1)
+                .all(|l| l[state_col..].starts_with("running")),
+            "{text}"
+        );
+        assert!(lines[2].contains(" - "), "no pid shows as -: {text}");
+    }
+}
