@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::apt::{self, DebPackage};
 use crate::kernel::{self, Kernel};
-use crate::{guest, paths};
+use crate::{guest, paths, rootfs};
 
 pub struct Assets {
     pub cache: PathBuf,
@@ -17,6 +17,9 @@ pub struct Assets {
     pub busybox: PathBuf,
     /// The guest initramfs (gzip-compressed newc cpio).
     pub initrd: PathBuf,
+    /// An ext4 root file system (busybox, the guest init as /sbin/init), label
+    /// `skiff-root`: boot it with `root=/dev/vda` and the initramfs.
+    pub rootfs: PathBuf,
     pub guest_tool: Option<PathBuf>,
 }
 
@@ -32,12 +35,14 @@ pub fn prepare() -> Result<Assets> {
         &busybox,
         guest_tool.as_deref(),
     )?;
+    let rootfs = rootfs::build(&cache.join("guest"), &busybox)?;
     Ok(Assets {
         cache,
         kernel,
         busybox_package,
         busybox,
         initrd,
+        rootfs,
         guest_tool,
     })
 }
@@ -82,6 +87,11 @@ impl Assets {
             k.pvh_entry
         );
         println!("SKIFF_INITRD={}", self.initrd.display());
+        println!(
+            "SKIFF_ROOTFS={}  (ext4, label {}: root=/dev/vda)",
+            self.rootfs.display(),
+            rootfs::LABEL
+        );
         match &self.guest_tool {
             Some(tool) => println!("guest tool   {}", tool.display()),
             None => println!("guest tool   (not built: crate missing)"),

@@ -85,6 +85,7 @@ pub fn emulated_env() -> Vec<(&'static str, String)> {
         ("SKIFF_KERNEL", layout::KERNEL.into()),
         ("SKIFF_VMLINUX", layout::VMLINUX.into()),
         ("SKIFF_INITRD", layout::INITRD.into()),
+        ("SKIFF_ROOTFS", layout::ROOTFS.into()),
         ("SKIFF_QEMU", layout::QEMU.into()),
         ("SKIFF_QEMU_DATADIR", layout::QEMU_DATADIR.into()),
         ("SKIFF_MKE2FS", layout::MKE2FS.into()),
@@ -105,6 +106,7 @@ pub fn direct_env(assets: &Assets) -> Result<Vec<(&'static str, String)>> {
         ("SKIFF_KERNEL", path(&assets.kernel.bzimage)),
         ("SKIFF_VMLINUX", path(&assets.kernel.vmlinux)),
         ("SKIFF_INITRD", path(&assets.initrd)),
+        ("SKIFF_ROOTFS", path(&assets.rootfs)),
         (
             "SKIFF_QEMU",
             path(&cmd::require("qemu-system-x86_64", "qemu-system-x86")?),

@@ -11,7 +11,7 @@ use crate::kernel::Kernel;
 use crate::modules::ModuleTree;
 use crate::{cmd, paths};
 
-const INIT: &str = include_str!("scripts/guest-init.sh");
+pub const INIT: &str = include_str!("scripts/guest-init.sh");
 
 /// Modules the guest loads if the kernel has them as modules (built-ins are skipped).
 pub const GUEST_MODULES: &[&str] = &[
@@ -123,19 +123,35 @@ pub fn cached_archive(
     name: &str,
     compression: Compression,
 ) -> Result<PathBuf> {
-    paths::create_dir(dir)?;
-    let fingerprint = fs.fingerprint()?;
     let ext = match compression {
         Compression::None => "cpio",
         Compression::Gzip => "cpio.gz",
     };
+    cached_file(dir, name, ext, &fs.fingerprint()?, |path| {
+        fs.write(path, compression)
+    })
+}
+
+/// `dir/<name>-<fingerprint>.<ext>`, made by `build` (given a temporary path that is
+/// renamed into place) unless it exists already. Files of the same name made for other
+/// fingerprints are removed once they are an hour old.
+pub fn cached_file(
+    dir: &Path,
+    name: &str,
+    ext: &str,
+    fingerprint: &str,
+    build: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    paths::create_dir(dir)?;
     let path = dir.join(format!("{name}-{}.{ext}", &fingerprint[..16]));
     if path.exists() {
         return Ok(path);
     }
     eprintln!("building {}", path.display());
-    fs.write(&path, compression)?;
-    // Drop superseded archives, but not ones another xtask run may be using right now.
+    let tmp = paths::unique_tmp(&path);
+    build(&tmp)?;
+    paths::rename(&tmp, &path)?;
+    // Drop superseded files, but not ones another xtask run may be using right now.
     let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for entry in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
         let old = entry

@@ -53,6 +53,7 @@ pub mod layout {
     pub const KERNEL: &str = "/opt/skiff/guest/bzImage";
     pub const VMLINUX: &str = "/opt/skiff/guest/vmlinux";
     pub const INITRD: &str = "/opt/skiff/guest/initramfs.cpio.gz";
+    pub const ROOTFS: &str = "/opt/skiff/guest/rootfs.ext4";
     pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
     pub const QEMU_DATADIR: &str = "/usr/share/qemu";
     pub const MKE2FS: &str = "/usr/sbin/mke2fs";
@@ -141,6 +142,7 @@ fn base_archive(assets: &Assets) -> Result<PathBuf> {
     fs.copy(layout::KERNEL, &assets.kernel.bzimage)?;
     fs.copy(layout::VMLINUX, &assets.kernel.vmlinux)?;
     fs.copy(layout::INITRD, &assets.initrd)?;
+    fs.copy(layout::ROOTFS, &assets.rootfs)?;
     fs.bytes("/init", INIT, 0o755);
     guest::cached_archive(&fs, &assets.cache.join("host"), "base", Compression::None)
 }

@@ -1,5 +1,6 @@
 //! An initramfs under construction: a sorted tree of entries, written as one newc cpio
-//! archive (optionally gzip-compressed). Parent directories are added automatically.
+//! archive (optionally gzip-compressed) or into a directory (for `mke2fs -d`). Parent
+//! directories are added automatically.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -136,6 +137,30 @@ impl Initramfs {
         paths::rename(&tmp, path)
     }
 
+    /// Writes the tree into the empty directory `root` (for `mke2fs -d`). Device nodes are
+    /// left out: creating them needs privileges, and devtmpfs provides /dev anyway.
+    pub fn write_dir(&self, root: &Path) -> Result<()> {
+        for (path, node) in &self.nodes {
+            let dest = root.join(path);
+            if let Some(parent) = dest.parent() {
+                paths::create_dir(parent)?;
+            }
+            let written = match node {
+                Node::Dir => std::fs::create_dir_all(&dest),
+                Node::File { source, perm } => std::fs::copy(source, &dest).and_then(|_| {
+                    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(*perm))
+                }),
+                Node::Bytes { data, perm } => std::fs::write(&dest, data).and_then(|()| {
+                    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(*perm))
+                }),
+                Node::Symlink(target) => std::os::unix::fs::symlink(target, &dest),
+                Node::CharDev { .. } => Ok(()),
+            };
+            written.with_context(|| format!("cannot write {}", dest.display()))?;
+        }
+        Ok(())
+    }
+
     fn write_to<W: Write>(&self, out: W) -> Result<W> {
         let mut cpio = CpioWriter::new(out);
         let mut written_dirs = std::collections::HashSet::new();
@@ -195,5 +220,24 @@ mod tests {
         assert!(pos("etc/skiff") < pos("etc/skiff/env"));
         assert!(pos("bin") < pos("bin/sh"));
         assert_eq!(text.matches("etc\0").count(), 1);
+    }
+
+    #[test]
+    fn writes_the_tree_into_a_directory() {
+        let root = std::env::temp_dir().join(format!("xtask-write-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut fs = Initramfs::new();
+        fs.bytes("/sbin/init", "#!/bin/sh\n", 0o755)
+            .symlink("/bin/sh", "busybox")
+            .dir("/proc")
+            .char_dev("/dev/console", 5, 1);
+        fs.write_dir(&root).expect("write_dir");
+        let init = std::fs::metadata(root.join("sbin/init")).expect("init");
+        assert_eq!(init.permissions().mode() & 0o777, 0o755);
+        let link = std::fs::read_link(root.join("bin/sh")).expect("symlink");
+        assert_eq!(link, Path::new("busybox"));
+        assert!(root.join("proc").is_dir());
+        assert!(!root.join("dev/console").exists());
+        std::fs::remove_dir_all(&root).expect("clean up");
     }
 }

@@ -1,6 +1,7 @@
 //! Developer tasks for Skiff: `cargo xtask <command>`.
 //!
-//! - `assets`: fetch Debian's kernel and busybox, build the guest initramfs.
+//! - `assets`: fetch Debian's kernel and busybox, build the guest initramfs and root
+//!   file-system image.
 //! - `host`: boot the emulated AMD-V host (QEMU/TCG) and run a command in it.
 //! - `e2e`: build and run the end-to-end tests (emulated host or directly).
 //! - `test`: unit tests of the whole workspace, then the e2e suite.
@@ -25,6 +26,7 @@ mod mode;
 mod modules;
 mod paths;
 mod process;
+mod rootfs;
 mod test;
 mod vmlinux;
 
@@ -44,7 +46,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fetch the guest kernel and busybox, build the guest initramfs (cached).
+    /// Fetch the guest kernel and busybox, build the guest initramfs and root image (cached).
     Assets,
     /// Boot the emulated AMD-V host and run CMD in it (default: an interactive shell).
     Host(host::HostArgs),

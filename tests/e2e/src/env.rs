@@ -16,6 +16,9 @@ pub struct TestEnv {
     pub vmlinux: PathBuf,
     /// `SKIFF_INITRD`: the guest initramfs (busybox, virtio modules, `/init`).
     pub initrd: PathBuf,
+    /// `SKIFF_ROOTFS`: an ext4 root file system (label `skiff-root`) whose /sbin/init is
+    /// the same init; read-only for tests: boot a copy ([`TestEnv::rootfs_copy`]).
+    pub rootfs: PathBuf,
     /// `SKIFF_QEMU`: `qemu-system-x86_64`, the reference VMM.
     pub qemu: PathBuf,
     /// `SKIFF_QEMU_DATADIR`: QEMU's firmware directory (for `-L`).
@@ -44,6 +47,7 @@ impl TestEnv {
                 kernel: var("SKIFF_KERNEL")?,
                 vmlinux: var("SKIFF_VMLINUX")?,
                 initrd: var("SKIFF_INITRD")?,
+                rootfs: var("SKIFF_ROOTFS")?,
                 qemu: var("SKIFF_QEMU")?,
                 qemu_datadir: var("SKIFF_QEMU_DATADIR")?,
                 mke2fs: var("SKIFF_MKE2FS")?,
@@ -63,6 +67,23 @@ impl TestEnv {
             Ok(env) => env,
             Err(err) => panic!("{err}"),
         }
+    }
+
+    /// A private copy of the root file-system image under `SKIFF_E2E_TMP`, to boot with
+    /// `--disk path=COPY` and `root=/dev/vda`.
+    pub fn rootfs_copy(&self) -> Result<PathBuf, Error> {
+        let copy = self.scratch("rootfs.ext4");
+        std::fs::copy(&self.rootfs, &copy).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot copy {} to {}",
+                    self.rootfs.display(),
+                    copy.display()
+                ),
+                e,
+            )
+        })?;
+        Ok(copy)
     }
 
     /// A fresh scratch path under `SKIFF_E2E_TMP` (unique per call, not created).

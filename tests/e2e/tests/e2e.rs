@@ -11,6 +11,8 @@ mod boot;
 mod harness;
 #[path = "e2e/net.rs"]
 mod net;
+#[path = "e2e/root.rs"]
+mod root;
 #[path = "e2e/vmm.rs"]
 mod vmm;
 #[path = "e2e/vsock.rs"]
