@@ -12,5 +12,6 @@ pub use balloon::BalloonSpec;
 pub use net::{MacAddr, NicSpec, VsockSpec};
 pub use size::{ByteSize, SizeError};
 pub use spec::{
-    validate_name, CpuSpec, DiskSpec, MemorySpec, RestartPolicy, SpecError, VmSpec, DEFAULT_SHARES,
+    validate_name, CpuSpec, DiskSpec, MemorySpec, RestartPolicy, SpecError, VmSpec, CPU_SHARES,
+    DEFAULT_SHARES,
 };

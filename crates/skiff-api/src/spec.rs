@@ -57,6 +57,9 @@ pub struct VmSpec {
     pub restart: RestartPolicy,
 }
 
+/// The CPU shares a cgroup can express (v1's cpu.shares range; v2's weight is derived).
+pub const CPU_SHARES: std::ops::RangeInclusive<u64> = 2..=262_144;
+
 /// CPU resource control for a VM's process (the VMM and all its threads).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,8 +293,17 @@ impl VmSpec {
                 ),
             ));
         }
-        if self.cpu.shares == Some(0) {
-            return Err(SpecError::invalid("cpu.shares", "must be at least 1"));
+        if let Some(shares) = self.cpu.shares {
+            if !CPU_SHARES.contains(&shares) {
+                return Err(SpecError::invalid(
+                    "cpu.shares",
+                    format!(
+                        "{shares} is outside {}..={}",
+                        CPU_SHARES.start(),
+                        CPU_SHARES.end()
+                    ),
+                ));
+            }
         }
         if self.cpu.quota == Some(0) {
             return Err(SpecError::invalid(
@@ -439,6 +451,11 @@ mod tests {
         );
         let bad = VmSpec::from_json(r#"{"kernel":"/k","memory":"256M","cpu":{"shares":0}}"#);
         assert_eq!(bad.expect_err("zero shares").field(), Some("cpu.shares"));
+        let huge = VmSpec::from_json(r#"{"kernel":"/k","memory":"256M","cpu":{"shares":262145}}"#);
+        assert_eq!(
+            huge.expect_err("too many shares").field(),
+            Some("cpu.shares")
+        );
         assert!(
             VmSpec::from_json(r#"{"kernel":"/k","memory":"256M","restart":"always"}"#).is_err()
         );

@@ -20,6 +20,9 @@
 //! removes a group, and its CPU ([`cpu`]) and memory ([`memory`]) methods translate one API
 //! into each version's files.
 
+/// The group under which Skiff puts each VM's group (`skiff/<vm>`), in every tree.
+pub const VM_PARENT: &str = "skiff";
+
 mod cgroup;
 pub mod cpu;
 mod error;

@@ -4,6 +4,7 @@
 //! VMMs are adopted again), and Prometheus metrics. docs/daemon.md describes it.
 
 pub mod api;
+mod cgroups;
 pub mod client;
 pub mod error;
 pub mod memory;

@@ -356,7 +356,7 @@ impl Host {
             e.set_state(VmState::Starting);
             Ok((e.paths.clone(), e.generation))
         })?;
-        let launched = vmm::launch(&self.inner.config.vmm_bin, &paths).and_then(|pid| {
+        let launched = vmm::launch(&self.inner.config.vmm_bin, name, &paths).and_then(|pid| {
             let pidfd = PidFd::open(pid)?;
             Ok((pid, pidfd))
         });
@@ -539,6 +539,8 @@ impl Host {
                 }
             };
             if removed {
+                let group = name.to_string();
+                let _ = tokio::task::spawn_blocking(move || crate::cgroups::remove(&group)).await;
                 self.event(name, EventKind::Deleted, "deleted");
                 return Ok(());
             }

@@ -94,10 +94,11 @@ impl VmmClient {
     }
 }
 
-/// Starts `skiff run` for the VM in `paths`, in its own session so that it outlives the
-/// daemon. Its serial console is a FIFO (stdin) and a log file (stdout), which need no
+/// Starts `skiff run` for the VM `name` in `paths`, in its own session so that it outlives the
+/// daemon, and in its control group skiff/NAME with the spec's cpu shares and quota (the
+/// VMM joins it before it starts a thread; see docs/cgroups.md). Its serial console is a FIFO (stdin) and a log file (stdout), which need no
 /// process on the other side: the console survives a daemon restart.
-pub fn launch(vmm_bin: &Path, paths: &VmPaths) -> io::Result<i32> {
+pub fn launch(vmm_bin: &Path, name: &str, paths: &VmPaths) -> io::Result<i32> {
     make_fifo(&paths.console_in())?;
     // Read-write, so the VMM itself holds a writer and never sees end-of-file on its console
     // when an attached client goes away.
@@ -128,6 +129,8 @@ pub fn launch(vmm_bin: &Path, paths: &VmPaths) -> io::Result<i32> {
         .arg(paths.control_socket())
         .arg("--status-file")
         .arg(paths.status_file())
+        .arg("--cgroup")
+        .arg(name)
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));

@@ -3,6 +3,7 @@
 
 mod api_client;
 mod attach;
+mod cgroup;
 mod console;
 mod ctl;
 mod host;

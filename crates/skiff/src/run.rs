@@ -7,7 +7,7 @@ use clap::Args;
 use skiff_api::{ByteSize, MemorySpec, VmSpec};
 use skiff_vmm::{Vm, VmConfig};
 
-use crate::{console, signals};
+use crate::{cgroup, console, signals};
 
 const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
@@ -66,6 +66,8 @@ pub struct RunArgs {
     /// not this process's parent (the host daemon after a restart).
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
+    #[command(flatten)]
+    cgroup: cgroup::CgroupArgs,
 }
 
 impl RunArgs {
@@ -100,6 +102,7 @@ impl RunArgs {
         if let Some(vcpus) = self.vcpus {
             spec.vcpus = vcpus;
         }
+        self.cgroup.apply_to(&mut spec.cpu);
         if let Some(memory) = self.memory {
             spec.memory.size = memory;
         }
@@ -154,6 +157,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
 fn boot_and_wait(args: RunArgs) -> Result<u8> {
     let spec = args.spec()?;
+    // Before any thread starts: they are all born in the group.
+    cgroup::join(&args.cgroup, &spec.cpu)?;
     let mut config = VmConfig::from_spec(&spec);
     config.mergeable = !args.no_page_sharing;
     config.allow_slow_kvm = args.allow_slow_kvm;

@@ -7,6 +7,8 @@ mod balloon;
 mod block;
 #[path = "e2e/boot.rs"]
 mod boot;
+#[path = "e2e/cgroups.rs"]
+mod cgroups;
 #[path = "e2e/harness.rs"]
 mod harness;
 #[path = "e2e/net.rs"]
