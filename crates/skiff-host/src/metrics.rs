@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use crate::model::{HostStatus, VmInfo, VmState};
+use skiff_mem_policy::FreeState;
+
+use crate::model::{HostMemoryStatus, HostStatus, VmInfo, VmMemoryStatus, VmState};
 
 /// Renders one sample per VM and metric; `cpu_seconds` is the VMM's CPU time when it runs.
 pub fn render(vms: &[(VmInfo, Option<f64>)], host: &HostStatus) -> String {
@@ -79,6 +81,83 @@ pub fn render(vms: &[(VmInfo, Option<f64>)], host: &HostStatus) -> String {
             })
             .collect(),
     );
+    let managed = |field: fn(&VmMemoryStatus) -> u64| -> Vec<(String, String)> {
+        vms.iter()
+            .filter_map(|(vm, _)| Some((vm_label(vm), field(vm.memory.as_ref()?).to_string())))
+            .collect()
+    };
+    type VmField = fn(&VmMemoryStatus) -> u64;
+    let vm_memory: [(&str, &str, VmField); 6] = [
+        (
+            "skiff_vm_memory_target_bytes",
+            "What the memory manager wants the VM to hold.",
+            |m| m.target_bytes,
+        ),
+        (
+            "skiff_vm_memory_allocated_bytes",
+            "Guest memory backed by host memory, as the memory manager counted it.",
+            |m| m.allocated_bytes,
+        ),
+        (
+            "skiff_vm_memory_active_bytes",
+            "The actively used part of the allocated memory (working-set estimate).",
+            |m| m.active_bytes,
+        ),
+        (
+            "skiff_vm_memory_shared_bytes",
+            "Guest memory merged with other pages by KSM.",
+            |m| m.shared_bytes,
+        ),
+        (
+            "skiff_vm_memory_min_bytes",
+            "Memory reserved for the VM, never reclaimed.",
+            |m| m.min_bytes,
+        ),
+        ("skiff_vm_memory_shares", "The VM's memory shares.", |m| {
+            m.shares
+        }),
+    ];
+    for (name, help, field) in vm_memory {
+        family(name, "gauge", help, managed(field));
+    }
+    let host_memory = |field: fn(&HostMemoryStatus) -> u64| -> Vec<(String, String)> {
+        host.memory
+            .iter()
+            .map(|m| (String::new(), field(m).to_string()))
+            .collect()
+    };
+    type HostField = fn(&HostMemoryStatus) -> u64;
+    let host_fields: [(&str, &str, HostField); 2] = [
+        (
+            "skiff_host_memory_budget_bytes",
+            "Host memory Skiff's VMs may use altogether.",
+            |m| m.budget_bytes,
+        ),
+        (
+            "skiff_host_memory_free_bytes",
+            "The part of the budget not in use.",
+            |m| m.free_bytes,
+        ),
+    ];
+    for (name, help, field) in host_fields {
+        family(name, "gauge", help, host_memory(field));
+    }
+    family(
+        "skiff_host_memory_state",
+        "gauge",
+        "1 for the memory manager's current free-memory state, 0 for the others.",
+        host.memory
+            .iter()
+            .flat_map(|m| {
+                FreeState::ALL.iter().map(move |s| {
+                    (
+                        format!("{{state=\"{}\"}}", s.as_str()),
+                        u8::from(m.state == *s).to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
     family(
         "skiff_vm_cpu_seconds_total",
         "counter",
@@ -121,6 +200,19 @@ mod tests {
                 input: "/s/in".into(),
                 log: "/s/log".into(),
             },
+            memory: Some(VmMemoryStatus {
+                min_bytes: 16,
+                max_bytes: 64,
+                shares: 1000,
+                target_bytes: 48,
+                allocated_bytes: 50,
+                active_bytes: 20,
+                ballooned_bytes: 16,
+                shared_bytes: 4,
+                demand_bytes: 64,
+                paused_by_manager: false,
+                reclaim_wanted_bytes: 0,
+            }),
         };
         let host = HostStatus {
             version: "0".into(),
@@ -131,6 +223,14 @@ mod tests {
             running: 1,
             memory_total_bytes: 1000,
             memory_available_bytes: 500,
+            memory: Some(HostMemoryStatus {
+                budget_bytes: 900,
+                free_bytes: 30,
+                allocatable_bytes: 800,
+                state: FreeState::Soft,
+                swap_free_bytes: 0,
+                mins_exceed_budget: false,
+            }),
         };
         let text = render(&[(vm, Some(1.5))], &host);
         for line in [
@@ -143,6 +243,13 @@ mod tests {
             "skiff_vm_cpu_seconds_total{vm=\"a\"} 1.500",
             "skiff_vm_restarts_total{vm=\"a\"} 1",
             "# TYPE skiff_vm_cpu_seconds_total counter",
+            "skiff_vm_memory_target_bytes{vm=\"a\"} 48",
+            "skiff_vm_memory_active_bytes{vm=\"a\"} 20",
+            "skiff_vm_memory_shared_bytes{vm=\"a\"} 4",
+            "skiff_host_memory_budget_bytes 900",
+            "skiff_host_memory_free_bytes 30",
+            "skiff_host_memory_state{state=\"soft\"} 1",
+            "skiff_host_memory_state{state=\"high\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

@@ -123,6 +123,47 @@ pub struct VmInfo {
     pub stats: Option<skiff_api::control::VmStats>,
     /// The serial console's files on the daemon's host (`skiff vm console` uses them).
     pub console: ConsoleFiles,
+    /// The memory manager's latest figures, while the VM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<VmMemoryStatus>,
+}
+
+/// One VM as the memory manager saw it in its latest period (docs/memory.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMemoryStatus {
+    pub min_bytes: u64,
+    pub max_bytes: u64,
+    pub shares: u64,
+    /// What the policy wants the VM to hold.
+    pub target_bytes: u64,
+    /// Guest memory backed by host memory.
+    pub allocated_bytes: u64,
+    /// The part of it the guest actively uses, as the policy counted it (f × allocated).
+    pub active_bytes: u64,
+    pub ballooned_bytes: u64,
+    /// Guest memory merged with other pages by KSM.
+    pub shared_bytes: u64,
+    /// What the guest would use if left alone.
+    pub demand_bytes: u64,
+    /// Paused by the memory manager (low state) until it is back under target.
+    pub paused_by_manager: bool,
+    /// Hypervisor-level reclaim the policy asked for in the latest period.
+    pub reclaim_wanted_bytes: u64,
+}
+
+/// The host's memory as the memory manager saw it in its latest period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostMemoryStatus {
+    /// Host memory Skiff's VMs may use altogether.
+    pub budget_bytes: u64,
+    /// The part of the budget not in use.
+    pub free_bytes: u64,
+    /// Guest memory the targets share (budget less overheads less the high threshold).
+    pub allocatable_bytes: u64,
+    pub state: skiff_mem_policy::FreeState,
+    pub swap_free_bytes: u64,
+    /// The running VMs' mins alone exceed what is allocatable.
+    pub mins_exceed_budget: bool,
 }
 
 /// The serial console of a VM under the daemon: a FIFO for input and a log of its output.
@@ -167,6 +208,9 @@ pub struct HostStatus {
     pub running: u32,
     pub memory_total_bytes: u64,
     pub memory_available_bytes: u64,
+    /// The memory manager's latest figures (absent before its first period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<HostMemoryStatus>,
 }
 
 /// The body of every error response.

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use crate::error::HostError;
 use crate::model::{
-    ConsoleFiles, Desired, Event, EventKind, ExitReason, HostStatus, VmInfo, VmState,
+    ConsoleFiles, Desired, Event, EventKind, ExitReason, HostMemoryStatus, HostStatus, VmInfo,
+    VmMemoryStatus, VmState,
 };
 use crate::process::{self, PidFd};
 use crate::restart::{self, AfterExit};
@@ -36,6 +37,8 @@ pub struct HostConfig {
     pub stop_timeout: Duration,
     /// How long a start waits for the VMM's control socket to answer.
     pub start_timeout: Duration,
+    /// The memory manager's budget and policy.
+    pub memory: crate::memory::MemoryConfig,
 }
 
 /// The host: every VM and what the daemon knows of it.
@@ -50,6 +53,8 @@ struct Inner {
     vms: Mutex<BTreeMap<String, VmEntry>>,
     recent: Mutex<VecDeque<Event>>,
     started: Instant,
+    /// The memory manager's latest view of the host.
+    memory: Mutex<Option<HostMemoryStatus>>,
 }
 
 /// One VM in memory: its persisted record plus what only a running daemon has.
@@ -66,6 +71,8 @@ struct VmEntry {
     failures_in_a_row: u32,
     /// The latest sample from the VMM's control socket.
     stats: Option<VmStats>,
+    /// The memory manager's latest figures.
+    memory: Option<VmMemoryStatus>,
 }
 
 impl VmEntry {
@@ -82,6 +89,7 @@ impl VmEntry {
             launched_at: None,
             failures_in_a_row: 0,
             stats: None,
+            memory: None,
         }
     }
 
@@ -104,6 +112,7 @@ impl VmEntry {
                 input: self.paths.console_in().display().to_string(),
                 log: self.paths.console_log().display().to_string(),
             },
+            memory: self.memory.clone(),
         }
     }
 }
@@ -138,6 +147,7 @@ impl Host {
                 vms: Mutex::new(vms),
                 recent: Mutex::new(VecDeque::new()),
                 started: Instant::now(),
+                memory: Mutex::new(None),
             }),
         };
         for name in names {
@@ -255,6 +265,7 @@ impl Host {
                 .count() as u32,
             memory_total_bytes: total,
             memory_available_bytes: available,
+            memory: lock(&self.inner.memory).clone(),
         }
     }
 
@@ -274,6 +285,14 @@ impl Host {
                 entry.stats = Some(stats);
             }
         }
+    }
+
+    /// The memory manager's latest period: the host's figures and each managed VM's.
+    pub fn record_memory(&self, host: HostMemoryStatus, vms: BTreeMap<String, VmMemoryStatus>) {
+        for (name, entry) in lock(&self.inner.vms).iter_mut() {
+            entry.memory = vms.get(name).cloned();
+        }
+        *lock(&self.inner.memory) = Some(host);
     }
 
     /// For metrics: each VM's info and its VMM's CPU time in seconds.
@@ -584,6 +603,7 @@ impl Host {
         e.pidfd = None;
         e.record.process = None;
         e.stats = None;
+        e.memory = None;
         if e.launched_at
             .take()
             .is_some_and(|t| t.elapsed() >= restart::HEALTHY_RUN)

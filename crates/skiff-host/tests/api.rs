@@ -37,6 +37,7 @@ async fn daemon(vmm_body: &str, token: Option<&str>) -> (Daemon, Option<String>)
         vmm_bin: vmm_bin.clone(),
         stop_timeout: Duration::from_millis(500),
         start_timeout: Duration::from_millis(500),
+        memory: skiff_host::memory::MemoryConfig::default(),
     };
     let host = Host::open(config).await.expect("host");
     let socket = dir.path().join("api.sock");

@@ -28,6 +28,23 @@ pub enum FreeState {
 }
 
 impl FreeState {
+    pub const ALL: [FreeState; 4] = [
+        FreeState::High,
+        FreeState::Soft,
+        FreeState::Hard,
+        FreeState::Low,
+    ];
+
+    /// The state's name as in the API (`high`, `soft`, `hard`, `low`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FreeState::High => "high",
+            FreeState::Soft => "soft",
+            FreeState::Hard => "hard",
+            FreeState::Low => "low",
+        }
+    }
+
     /// The state with one level less pressure (`High` stays `High`).
     fn relieved(self) -> FreeState {
         match self {
@@ -87,6 +104,14 @@ mod tests {
                 state
             })
             .collect()
+    }
+
+    #[test]
+    fn names_match_the_wire_format() {
+        for state in FreeState::ALL {
+            let json = serde_json::to_string(&state).expect("json");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use skiff_api::ByteSize;
+use skiff_host::memory::{MemoryConfig, PolicyConfig};
 use skiff_host::model::HostStatus;
 use skiff_host::server::ServeOptions;
 use skiff_host::HostConfig;
@@ -56,6 +58,12 @@ struct DaemonArgs {
     /// Seconds a stop waits for a VM to end before killing its VMM.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     stop_timeout: u64,
+    /// Host memory the VMs may use altogether, e.g. 2G [default: 90 % of the host's].
+    #[arg(long, value_name = "SIZE")]
+    memory_budget: Option<ByteSize>,
+    /// The idle-memory tax rate τ in [0, 1): an idle page costs 1/(1−τ) active ones.
+    #[arg(long, default_value_t = 0.75, value_name = "TAU")]
+    idle_tax: f64,
 }
 
 pub fn run(args: HostArgs) -> Result<u8> {
@@ -84,6 +92,15 @@ fn status(address: &DaemonAddress, json: bool) -> Result<u8> {
         s.memory_total_bytes >> 20,
         s.memory_available_bytes >> 20
     );
+    if let Some(m) = &s.memory {
+        println!(
+            "VM memory: {} state, {} MiB free of a {} MiB budget ({} MiB for targets)",
+            m.state.as_str(),
+            m.free_bytes >> 20,
+            m.budget_bytes >> 20,
+            m.allocatable_bytes >> 20
+        );
+    }
     Ok(0)
 }
 
@@ -111,11 +128,20 @@ fn serve(args: DaemonArgs) -> Result<u8> {
         }
         _ => None,
     };
+    let memory = MemoryConfig {
+        budget_bytes: args.memory_budget.map(ByteSize::bytes),
+        policy: PolicyConfig {
+            tax_rate: args.idle_tax,
+            ..PolicyConfig::default()
+        },
+    };
+    memory.validate().context("--idle-tax")?;
     let config = HostConfig {
         state_dir: args.state_dir,
         vmm_bin,
         stop_timeout: Duration::from_secs(args.stop_timeout),
         start_timeout: Duration::from_secs(60),
+        memory,
     };
     let options = ServeOptions {
         socket: args.socket,

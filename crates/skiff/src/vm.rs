@@ -176,12 +176,20 @@ fn read_spec(path: &Path) -> Result<VmSpec> {
     Ok(spec)
 }
 
-/// An aligned table: NAME STATE VCPUS MEMORY PID RESTARTS.
+/// An aligned table: NAME STATE VCPUS MEMORY PID RESTARTS, then the memory manager's
+/// figures in MiB (`-` while it has none): TARGET ALLOC ACTIVE BALLOON SHARED.
 fn table(vms: &[VmInfo]) -> String {
-    let mut rows = vec![["NAME", "STATE", "VCPUS", "MEMORY", "PID", "RESTARTS"]
-        .map(String::from)
-        .to_vec()];
+    let header = [
+        "NAME", "STATE", "VCPUS", "MEMORY", "PID", "RESTARTS", "TARGET", "ALLOC", "ACTIVE",
+        "BALLOON", "SHARED",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
     for vm in vms {
+        let mib = |field: fn(&skiff_host::model::VmMemoryStatus) -> u64| {
+            vm.memory
+                .as_ref()
+                .map_or("-".into(), |m| (field(m) >> 20).to_string())
+        };
         rows.push(vec![
             vm.name.clone(),
             vm.state.as_str().to_string(),
@@ -189,6 +197,11 @@ fn table(vms: &[VmInfo]) -> String {
             vm.spec.memory.size.to_string(),
             vm.pid.map_or("-".into(), |p| p.to_string()),
             vm.restarts.to_string(),
+            mib(|m| m.target_bytes),
+            mib(|m| m.allocated_bytes),
+            mib(|m| m.active_bytes),
+            mib(|m| m.ballooned_bytes),
+            mib(|m| m.shared_bytes),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -228,6 +241,7 @@ mod tests {
                 input: String::new(),
                 log: String::new(),
             },
+            memory: None,
         };
         let text = table(&[vm("a", Some(12345)), vm("a-much-longer-name", None)]);
         let lines: Vec<&str> = text.lines().collect();

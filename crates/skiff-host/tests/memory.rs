@@ -1,0 +1,119 @@
+//! The memory manager's loop in the daemon, without KVM: a stand-in VMM process (it only
+//! sleeps) and its control socket, served by the test, reporting a VM that holds more than
+//! the budget allows. The manager must ask the VM's balloon to inflate and show the host's
+//! free-memory state and the VM's target.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use skiff_api::balloon::BalloonStats;
+use skiff_api::control::{ControlRequest, ControlResponse, RunState, VmStats};
+use skiff_host::memory::{FreeState, MemoryConfig};
+use skiff_host::{Host, HostConfig};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+const MIB: u64 = 1 << 20;
+
+/// What the stand-in VMM reports: 1 GiB of guest memory, 1000 MiB of it resident, 10 MiB of
+/// VMM overhead, an empty balloon.
+fn stats() -> VmStats {
+    VmStats {
+        state: RunState::Running,
+        vcpus: 1,
+        memory_bytes: 1024 * MIB,
+        guest_resident_bytes: 1000 * MIB,
+        vmm_rss_bytes: 1010 * MIB,
+        uptime_ms: 1,
+        balloon: Some(BalloonStats::default()),
+    }
+}
+
+/// Answers control requests on `listener` and records them.
+async fn serve_control(listener: UnixListener, seen: Arc<Mutex<Vec<ControlRequest>>>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        if BufReader::new(read).read_line(&mut line).await.is_err() {
+            continue;
+        }
+        let Ok(request) = serde_json::from_str::<ControlRequest>(line.trim()) else {
+            continue;
+        };
+        let response = match request {
+            ControlRequest::Stats => ControlResponse::Ok {
+                stats: Some(stats()),
+            },
+            _ => ControlResponse::ok(),
+        };
+        seen.lock().expect("lock").push(request);
+        let mut text = serde_json::to_string(&response).expect("json");
+        text.push('\n');
+        let _ = write.write_all(text.as_bytes()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_vm_is_asked_to_balloon_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"not really a kernel").expect("write");
+    let vmm_bin = dir.path().join("fake-vmm");
+    std::fs::write(&vmm_bin, "#!/bin/sh\nexec sleep 60\n").expect("write");
+    std::fs::set_permissions(&vmm_bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let state_dir = dir.path().join("state");
+    let host = Host::open(HostConfig {
+        state_dir: state_dir.clone(),
+        vmm_bin,
+        stop_timeout: Duration::from_millis(300),
+        start_timeout: Duration::from_secs(5),
+        memory: MemoryConfig {
+            budget_bytes: Some(1024 * MIB),
+            ..MemoryConfig::default()
+        },
+    })
+    .await
+    .expect("host");
+    let spec = format!(
+        r#"{{"name":"big","kernel":"{}","memory":{{"size":"1G","min":"256M"}}}}"#,
+        kernel.display()
+    );
+    host.create(spec.as_bytes(), false).await.expect("create");
+    let listener =
+        UnixListener::bind(state_dir.join("vms/big/control.sock")).expect("control socket");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(serve_control(listener, seen.clone()));
+    host.start("big").await.expect("start");
+    tokio::spawn(skiff_host::memory::sample_forever(host.clone()));
+
+    // 1010 MiB of the 1024 MiB budget in use: 1.4 % free, the hard state. The target is what
+    // is allocatable: 1024 − 10 overhead − 61.44 (the 6 % kept free) = 952.56 MiB, so the
+    // balloon is asked for the other 71.44 MiB, rounded down to 71.
+    let wanted = ControlRequest::Balloon { target_mib: 71 };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seen.lock().expect("lock").contains(&wanted) {
+        assert!(
+            Instant::now() < deadline,
+            "no balloon request: {:?}",
+            seen.lock().expect("lock")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = host.status().memory.expect("memory status");
+    assert_eq!(status.state, FreeState::Hard);
+    assert_eq!(status.budget_bytes, 1024 * MIB);
+    assert_eq!(status.free_bytes, 14 * MIB);
+    let vm = host.inspect("big").await.expect("inspect");
+    let memory = vm.memory.expect("VM memory status");
+    assert!(
+        (952 * MIB..953 * MIB).contains(&memory.target_bytes),
+        "{memory:?}"
+    );
+    assert_eq!(memory.min_bytes, 256 * MIB);
+    assert_eq!(memory.allocated_bytes, 1000 * MIB);
+
+    host.stop("big", Some(Duration::from_millis(300)))
+        .await
+        .expect("stop");
+}
