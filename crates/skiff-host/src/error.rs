@@ -27,6 +27,12 @@ pub enum HostError {
     },
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    /// Admission control: the host cannot promise the VM its memory.
+    #[error("VM `{name}` cannot start: {source}")]
+    Admission {
+        name: String,
+        source: skiff_mem_policy::AdmissionError,
+    },
 }
 
 impl HostError {
@@ -42,6 +48,7 @@ impl HostError {
             HostError::Invalid { .. } | HostError::Malformed(_) => 400,
             HostError::NotFound(_) => 404,
             HostError::Duplicate(_) | HostError::Conflict(_) => 409,
+            HostError::Admission { .. } => 409,
             // The VMM did not do what was asked: its state (ending, hung) is in the way.
             HostError::Vmm { .. } => 409,
             HostError::Launch { .. } | HostError::Store(_) => 500,

@@ -349,6 +349,7 @@ impl Host {
     }
 
     pub async fn start(&self, name: &str) -> Result<VmInfo, HostError> {
+        self.admit(name)?;
         self.with_vm(name, |e| {
             if e.record.state.has_process() {
                 return Err(HostError::Conflict(format!(
@@ -366,6 +367,39 @@ impl Host {
         let generation = self.launch(name)?;
         self.wait_ready(name, generation).await;
         self.with_vm(name, |e| Ok(e.info(name)))
+    }
+
+    /// Admission control: the VM's min and overhead must fit beside the VMs that have (or
+    /// are about to have) a VMM (docs/memory.md).
+    fn admit(&self, name: &str) -> Result<(), HostError> {
+        let vms = lock(&self.inner.vms);
+        let candidate = vms
+            .get(name)
+            .ok_or_else(|| HostError::NotFound(name.to_string()))?;
+        if candidate.record.state.has_process() {
+            return Ok(()); // refused below as already running
+        }
+        let admitted: Vec<&skiff_api::MemorySpec> = vms
+            .iter()
+            .filter(|(n, e)| {
+                *n != name
+                    && (e.record.state.has_process() || e.record.state == VmState::Restarting)
+            })
+            .map(|(_, e)| &e.record.spec.memory)
+            .collect();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |f| process::meminfo_bytes(&meminfo, f).unwrap_or(0);
+        crate::memory::admission::check(
+            &self.inner.config.memory,
+            &admitted,
+            &candidate.record.spec.memory,
+            field("MemTotal"),
+            field("SwapTotal"),
+        )
+        .map_err(|source| HostError::Admission {
+            name: name.to_string(),
+            source,
+        })
     }
 
     /// Starts the VMM process of a VM in state `starting` or `restarting`.

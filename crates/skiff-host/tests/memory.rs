@@ -54,31 +54,39 @@ async fn serve_control(listener: UnixListener, seen: Arc<Mutex<Vec<ControlReques
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_vm_is_asked_to_balloon_down() {
+/// A daemon with a 1 GiB memory budget (and 4 GiB of reclaim capacity) whose VMM is a process that only sleeps; the
+/// tempdir and the guest kernel's path.
+async fn daemon() -> (Host, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kernel = dir.path().join("vmlinuz");
     std::fs::write(&kernel, b"not really a kernel").expect("write");
     let vmm_bin = dir.path().join("fake-vmm");
     std::fs::write(&vmm_bin, "#!/bin/sh\nexec sleep 60\n").expect("write");
     std::fs::set_permissions(&vmm_bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let state_dir = dir.path().join("state");
     let host = Host::open(HostConfig {
-        state_dir: state_dir.clone(),
+        state_dir: dir.path().join("state"),
         vmm_bin,
         stop_timeout: Duration::from_millis(300),
         start_timeout: Duration::from_secs(5),
         memory: MemoryConfig {
             budget_bytes: Some(1024 * MIB),
+            // whatever swap the machine running the test has
+            reclaim_capacity_bytes: Some(4096 * MIB),
             ..MemoryConfig::default()
         },
     })
     .await
     .expect("host");
-    let spec = format!(
-        r#"{{"name":"big","kernel":"{}","memory":{{"size":"1G","min":"256M"}}}}"#,
-        kernel.display()
-    );
+    let kernel = kernel.display().to_string();
+    (host, dir, kernel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_vm_is_asked_to_balloon_down() {
+    let (host, dir, kernel) = daemon().await;
+    let state_dir = dir.path().join("state");
+    let spec =
+        format!(r#"{{"name":"big","kernel":"{kernel}","memory":{{"size":"1G","min":"256M"}}}}"#);
     host.create(spec.as_bytes(), false).await.expect("create");
     let listener =
         UnixListener::bind(state_dir.join("vms/big/control.sock")).expect("control socket");
@@ -116,4 +124,22 @@ async fn an_oversized_vm_is_asked_to_balloon_down() {
     host.stop("big", Some(Duration::from_millis(300)))
         .await
         .expect("stop");
+}
+
+#[tokio::test]
+async fn a_vm_whose_min_does_not_fit_is_refused_with_the_numbers() {
+    let (host, _dir, kernel) = daemon().await;
+    let spec =
+        format!(r#"{{"name":"greedy","kernel":"{kernel}","memory":{{"size":"2G","min":"1G"}}}}"#);
+    host.create(spec.as_bytes(), false).await.expect("create");
+    let err = host.start("greedy").await.expect_err("refused");
+    assert_eq!(err.status(), 409);
+    assert_eq!(
+        err.to_string(),
+        "VM `greedy` cannot start: not enough memory: the VM needs 1036 MiB reserved \
+         (min 1024 MiB + overhead 12 MiB), but only 1024 MiB of the 1024 MiB budget is unreserved"
+    );
+    let vm = host.inspect("greedy").await.expect("inspect");
+    assert_eq!(vm.state, skiff_host::model::VmState::Stopped);
+    assert_eq!(vm.pid, None, "no VMM was started");
 }

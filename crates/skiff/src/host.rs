@@ -61,6 +61,10 @@ struct DaemonArgs {
     /// Host memory the VMs may use altogether, e.g. 2G [default: 90 % of the host's].
     #[arg(long, value_name = "SIZE")]
     memory_budget: Option<ByteSize>,
+    /// Host swap or zram admission control may promise for VMs' max − min [default: the
+    /// host's swap; with none, only VMs' mins are checked].
+    #[arg(long, value_name = "SIZE")]
+    reclaim_capacity: Option<ByteSize>,
     /// The idle-memory tax rate τ in [0, 1): an idle page costs 1/(1−τ) active ones.
     #[arg(long, default_value_t = 0.75, value_name = "TAU")]
     idle_tax: f64,
@@ -130,6 +134,7 @@ fn serve(args: DaemonArgs) -> Result<u8> {
     };
     let memory = MemoryConfig {
         budget_bytes: args.memory_budget.map(ByteSize::bytes),
+        reclaim_capacity_bytes: args.reclaim_capacity.map(ByteSize::bytes),
         policy: PolicyConfig {
             tax_rate: args.idle_tax,
             ..PolicyConfig::default()

@@ -7,6 +7,8 @@ pub struct MemoryConfig {
     /// Host memory Skiff's VMs may use altogether (guest memory and VMM overheads); `None`:
     /// 90 % of the host's memory, the rest left to the host itself.
     pub budget_bytes: Option<u64>,
+    /// Host swap or zram that VMs' max − min may be paged out to; `None`: the host's swap.
+    pub reclaim_capacity_bytes: Option<u64>,
     pub policy: PolicyConfig,
 }
 

@@ -3,6 +3,7 @@
 //! memory manager on them: the pure policy (skiff-mem-policy) turns the samples into targets
 //! and actions, and the manager sends them back (docs/memory.md).
 
+pub mod admission;
 mod config;
 mod gather;
 mod manager;
