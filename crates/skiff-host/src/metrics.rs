@@ -143,6 +143,15 @@ pub fn render(vms: &[(VmInfo, Option<f64>)], host: &HostStatus) -> String {
         family(name, "gauge", help, host_memory(field));
     }
     family(
+        "skiff_host_ksm_saved_bytes",
+        "gauge",
+        "Host memory saved by KSM page sharing (pages_sharing × 4 KiB).",
+        host.memory
+            .iter()
+            .filter_map(|m| Some((String::new(), m.ksm.as_ref()?.saved_bytes.to_string())))
+            .collect(),
+    );
+    family(
         "skiff_host_memory_state",
         "gauge",
         "1 for the memory manager's current free-memory state, 0 for the others.",
@@ -230,6 +239,15 @@ mod tests {
                 state: FreeState::Soft,
                 swap_free_bytes: 0,
                 mins_exceed_budget: false,
+                ksm: Some(crate::model::KsmStatus {
+                    running: true,
+                    managed: true,
+                    pages_to_scan: 100,
+                    sleep_millisecs: 20,
+                    pages_shared: 3,
+                    pages_sharing: 12,
+                    saved_bytes: 12 * 4096,
+                }),
             }),
         };
         let text = render(&[(vm, Some(1.5))], &host);
@@ -249,6 +267,7 @@ mod tests {
             "skiff_host_memory_budget_bytes 900",
             "skiff_host_memory_free_bytes 30",
             "skiff_host_memory_state{state=\"soft\"} 1",
+            "skiff_host_ksm_saved_bytes 49152",
             "skiff_host_memory_state{state=\"high\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");

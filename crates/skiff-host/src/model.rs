@@ -164,6 +164,26 @@ pub struct HostMemoryStatus {
     pub swap_free_bytes: u64,
     /// The running VMs' mins alone exceed what is allocatable.
     pub mins_exceed_budget: bool,
+    /// Page sharing host-wide, when the host has KSM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ksm: Option<KsmStatus>,
+}
+
+/// KSM (the kernel's page sharing) as the memory manager saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KsmStatus {
+    /// ksmd is scanning.
+    pub running: bool,
+    /// The daemon starts ksmd and sets its scan rate (`skiff host --ksm`).
+    pub managed: bool,
+    pub pages_to_scan: u32,
+    pub sleep_millisecs: u32,
+    /// Distinct pages KSM keeps for the merged ones.
+    pub pages_shared: u64,
+    /// Pages merged into those: what sharing saves.
+    pub pages_sharing: u64,
+    /// Host memory saved: pages_sharing × 4 KiB.
+    pub saved_bytes: u64,
 }
 
 /// The serial console of a VM under the daemon: a FIFO for input and a log of its output.

@@ -65,6 +65,10 @@ struct DaemonArgs {
     /// host's swap; with none, only VMs' mins are checked].
     #[arg(long, value_name = "SIZE")]
     reclaim_capacity: Option<ByteSize>,
+    /// Start KSM (page sharing) and tune its scan rate to the sharing it finds; without
+    /// it KSM is left as it is and only reported.
+    #[arg(long)]
+    ksm: bool,
     /// The idle-memory tax rate τ in [0, 1): an idle page costs 1/(1−τ) active ones.
     #[arg(long, default_value_t = 0.75, value_name = "TAU")]
     idle_tax: f64,
@@ -104,6 +108,16 @@ fn status(address: &DaemonAddress, json: bool) -> Result<u8> {
             m.budget_bytes >> 20,
             m.allocatable_bytes >> 20
         );
+        if let Some(k) = &m.ksm {
+            println!(
+                "page sharing: {} MiB saved, KSM {} ({} pages every {} ms{})",
+                k.saved_bytes >> 20,
+                if k.running { "running" } else { "stopped" },
+                k.pages_to_scan,
+                k.sleep_millisecs,
+                if k.managed { ", tuned by skiff" } else { "" }
+            );
+        }
     }
     Ok(0)
 }
@@ -135,6 +149,7 @@ fn serve(args: DaemonArgs) -> Result<u8> {
     let memory = MemoryConfig {
         budget_bytes: args.memory_budget.map(ByteSize::bytes),
         reclaim_capacity_bytes: args.reclaim_capacity.map(ByteSize::bytes),
+        manage_ksm: args.ksm,
         policy: PolicyConfig {
             tax_rate: args.idle_tax,
             ..PolicyConfig::default()

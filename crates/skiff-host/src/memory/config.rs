@@ -10,6 +10,8 @@ pub struct MemoryConfig {
     /// Host swap or zram that VMs' max − min may be paged out to; `None`: the host's swap.
     pub reclaim_capacity_bytes: Option<u64>,
     pub policy: PolicyConfig,
+    /// Start ksmd and set its scan rate; otherwise KSM is only reported.
+    pub manage_ksm: bool,
 }
 
 impl MemoryConfig {

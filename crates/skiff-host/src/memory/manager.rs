@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use skiff_mem_policy::{Action, HostInput, MemoryPolicy, Plan, VmInput};
+use skiff_mem_policy::{Action, HostInput, KsmTuning, MemoryPolicy, Plan, VmInput, PAGE_SIZE};
 
 use super::config::MemoryConfig;
 use super::gather;
+use super::ksm::{KsmTuner, KSM_SYSFS};
 use crate::model::{HostMemoryStatus, VmInfo, VmMemoryStatus, VmState};
 use crate::process;
 use crate::service::Host;
@@ -20,6 +21,7 @@ pub(super) struct Manager {
     policy: Option<MemoryPolicy>,
     /// VMs this manager paused and has not resumed.
     paused: BTreeSet<String>,
+    ksm: KsmTuner,
 }
 
 /// One thing to do to one VM.
@@ -40,10 +42,12 @@ impl Manager {
                 None
             }
         };
+        let ksm = KsmTuner::new(KSM_SYSFS.into(), config.manage_ksm, KsmTuning::default());
         Manager {
             config,
             policy,
             paused: BTreeSet::new(),
+            ksm,
         }
     }
 
@@ -96,7 +100,9 @@ impl Manager {
         for (name, step) in steps(&plan, &inputs) {
             self.carry_out(host, &vms, &name, step).await;
         }
-        let (host_status, vm_status) = status(&plan, &inputs, &host_input, &self.paused);
+        let (mut host_status, vm_status) = status(&plan, &inputs, &host_input, &self.paused);
+        let mergeable: u64 = inputs.iter().map(|vm| vm.allocated_bytes / PAGE_SIZE).sum();
+        host_status.ksm = self.ksm.period(super::SAMPLE_PERIOD, mergeable, None);
         host.record_memory(host_status, vm_status);
     }
 
@@ -181,6 +187,7 @@ pub(super) fn status(
         state: plan.state,
         swap_free_bytes: host.swap_free_bytes,
         mins_exceed_budget: plan.mins_exceed_budget,
+        ksm: None,
     };
     let vms = plan
         .vms

@@ -6,6 +6,7 @@
 pub mod admission;
 mod config;
 mod gather;
+mod ksm;
 mod manager;
 
 use std::time::Duration;
