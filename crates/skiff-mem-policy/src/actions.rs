@@ -5,7 +5,7 @@
 //! | high | only deflates (towards target) | none | resume all |
 //! | soft | set to max − target | VMs above target that have no balloon | resume all |
 //! | hard | only inflates (towards target) | every VM above target | resume all |
-//! | low | only inflates (towards target) | every VM above target | pause VMs above target; resume the others |
+//! | low | only inflates (towards target) | every VM above target | pause VMs above target that hypervisor reclaim shrinks; resume the others |
 //!
 //! In hard and low no balloon is deflated: the memory it would give back is what the host is
 //! short of. A VM is never pushed below its min: targets are at least the min, a balloon never
@@ -58,17 +58,20 @@ pub(crate) fn actions_for(
         FreeState::Soft => vm.balloon.is_none(),
         FreeState::Hard | FreeState::Low => true,
     };
+    let mut reclaimed = 0;
     if hypervisor_reclaims {
         // Shared pages stay mapped by other VMs: paging this VM's copy out frees nothing.
         let private = vm.resident().saturating_sub(vm.shared_bytes);
-        let bytes = above_target.min(private).min(*swap_free);
-        if bytes > 0 {
-            *swap_free -= bytes;
-            actions.push(Action::HypervisorReclaim { bytes });
+        reclaimed = above_target.min(private).min(*swap_free);
+        if reclaimed > 0 {
+            *swap_free -= reclaimed;
+            actions.push(Action::HypervisorReclaim { bytes: reclaimed });
         }
     }
 
-    let should_block = state == FreeState::Low && above_target > 0;
+    // A paused guest cannot run its balloon driver: only hypervisor reclaim shrinks it. A VM
+    // that nothing can shrink while paused is left running, or it would stay paused.
+    let should_block = state == FreeState::Low && above_target > 0 && reclaimed > 0;
     if should_block && !vm.paused_by_policy {
         actions.push(Action::Pause);
     } else if !should_block && vm.paused_by_policy {
@@ -160,6 +163,27 @@ mod tests {
         assert_eq!(under.last(), Some(&Action::Resume), "{under:?}");
         let relieved = run(&paused, 900, FreeState::Hard);
         assert_eq!(relieved.last(), Some(&Action::Resume), "{relieved:?}");
+    }
+
+    #[test]
+    fn without_swap_nothing_is_paused() {
+        // paused, the balloon cannot work: with no swap the VM would never get under target
+        let mut swap = 0;
+        let actions = actions_for(&vm(), 600 * MIB, FreeState::Low, &mut swap);
+        assert_eq!(actions, [Action::SetBalloon { bytes: 424 * MIB }]);
+        let paused = VmInput {
+            paused_by_policy: true,
+            ..vm()
+        };
+        let mut swap = 0;
+        let actions = actions_for(&paused, 600 * MIB, FreeState::Low, &mut swap);
+        assert_eq!(actions.last(), Some(&Action::Resume), "{actions:?}");
+        // all of it shared with other VMs: paging out frees nothing either
+        let shared = VmInput {
+            shared_bytes: 800 * MIB,
+            ..vm()
+        };
+        assert!(!run(&shared, 600, FreeState::Low).contains(&Action::Pause));
     }
 
     #[test]

@@ -78,8 +78,9 @@ impl Manager {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let field = |name| process::meminfo_bytes(&meminfo, name).unwrap_or(0);
         let budget = self.config.budget(field("MemTotal"));
-        let host_input =
-            gather::host_input(budget, &inputs, field("MemAvailable"), field("SwapFree"));
+        // The VMM has no request for hypervisor-level reclaim yet: the policy gets no swap to
+        // page out to, so it never counts on it (nor pauses a VM nothing could shrink).
+        let host_input = gather::host_input(budget, &inputs, field("MemAvailable"), 0);
         let before = policy.state();
         let plan = match policy.plan(&host_input, &inputs) {
             Ok(plan) => plan,
@@ -101,6 +102,7 @@ impl Manager {
             self.carry_out(host, &vms, &name, step).await;
         }
         let (mut host_status, vm_status) = status(&plan, &inputs, &host_input, &self.paused);
+        host_status.swap_free_bytes = field("SwapFree");
         let mergeable: u64 = inputs.iter().map(|vm| vm.allocated_bytes / PAGE_SIZE).sum();
         host_status.ksm = self.ksm.period(super::SAMPLE_PERIOD, mergeable, None);
         host.record_memory(host_status, vm_status);
