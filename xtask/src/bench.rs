@@ -1,4 +1,4 @@
-//! `cargo xtask bench [boot|tiny|all] [--rounds N]`: Skiff beside QEMU in one run of the
+//! `cargo xtask bench [boot|tiny|all|blk] [--rounds N]`: Skiff beside QEMU in one run of the
 //! emulated host (or directly), interleaved, medians and ratios. Record the printed
 //! tables in docs/benchmarks.md with the command that made them.
 
@@ -13,8 +13,9 @@ const BENCH_BIN: &str = "skiff-bench";
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: boot (Debian kernel to init), tiny (VMM start-up), or all.
-    #[arg(default_value = "all", value_parser = ["boot", "tiny", "all"])]
+    /// What to measure: boot (Debian kernel to init), tiny (VMM start-up), all (both),
+    /// or blk (virtio-blk throughput and IOPS).
+    #[arg(default_value = "all", value_parser = ["boot", "tiny", "all", "blk"])]
     pub what: String,
     /// Rounds per configuration (each round runs every configuration once, in turn).
     #[arg(long, default_value_t = 5)]

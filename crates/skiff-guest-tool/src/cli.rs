@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::iobench::{Job, Pattern};
 
 /// Usage text printed by `help`.
 pub const USAGE: &str = "\
@@ -55,6 +56,14 @@ COMMANDS
   vsock-send CID PORT MESSAGE [--timeout S]
       Connect to CID:PORT over AF_VSOCK, send MESSAGE and a newline, print the
       reply line as reply=..., and rtt_us.
+  iobench DEV MODE [--mib N] [--block-kib K] [--seconds S] [--threads T] [--seed N]
+      Direct I/O (O_DIRECT) on the first N MiB (default 64) of DEV, a block
+      device or file. MODE: seq-read, seq-write (the region once, in K KiB
+      blocks, default 1024) or rand-read, rand-write (random K KiB blocks,
+      default 4, for S seconds, default 5). T threads (default 1), each with one
+      request in flight: the queue depth is T. Writes end with fdatasync,
+      counted in the time. Prints mode, threads, block_bytes, ops, bytes,
+      elapsed_s, throughput_mib_s, iops.
   help                          This text.
 ";
 
@@ -102,6 +111,8 @@ pub enum Command {
     },
     /// Receive data over TCP and hash it.
     NetRecv { port: u16, bind: String },
+    /// Direct-I/O benchmark on a block device.
+    Iobench { path: PathBuf, job: Job },
     /// AF_VSOCK line echo server.
     VsockEcho { port: u32, once: bool },
     /// AF_VSOCK client: send one line, print the reply.
@@ -399,6 +410,51 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 timeout: seconds_opt(&p, "timeout", DEFAULT_TIMEOUT)?,
             })
         }
+        "iobench" => {
+            let p = split(
+                cmd,
+                rest,
+                &["mib", "block-kib", "seconds", "threads", "seed"],
+                &[],
+            )?;
+            let a = expect_positionals(cmd, &p, &["DEV", "MODE"])?;
+            let (pattern, write) = Job::parse_mode(&a[1]).ok_or_else(|| {
+                Error::usage(format!(
+                    "iobench: unknown MODE '{}': seq-read, seq-write, rand-read or rand-write",
+                    a[1]
+                ))
+            })?;
+            let number = |name: &str, default: u64| match p.value(name) {
+                Some(v) => parse_mib(&format!("--{name}"), v),
+                None => Ok(default),
+            };
+            let block_kib = number(
+                "block-kib",
+                if pattern == Pattern::Sequential {
+                    1024
+                } else {
+                    4
+                },
+            )?;
+            let too_large = || Error::usage("iobench: sizes too large");
+            Ok(Command::Iobench {
+                path: PathBuf::from(&a[0]),
+                job: Job {
+                    pattern,
+                    write,
+                    region: number("mib", 64)?
+                        .checked_mul(1 << 20)
+                        .ok_or_else(too_large)?,
+                    block: usize::try_from(block_kib)
+                        .ok()
+                        .and_then(|k| k.checked_mul(1024))
+                        .ok_or_else(too_large)?,
+                    seconds: seconds_opt(&p, "seconds", 5.0)?,
+                    threads: usize::try_from(number("threads", 1)?).map_err(|_| too_large())?,
+                    seed: seed(&p)?.unwrap_or(1),
+                },
+            })
+        }
         other => Err(Error::usage(format!("unknown command '{other}'"))),
     }
 }
@@ -599,5 +655,30 @@ mod tests {
             "a\nb".into(),
         ];
         assert!(parse(&nl).unwrap_err().to_string().contains("newline"));
+    }
+
+    #[test]
+    fn iobench_arguments() {
+        assert_eq!(
+            ok("iobench /dev/vdb rand-write --threads 4 --mib 32"),
+            Command::Iobench {
+                path: PathBuf::from("/dev/vdb"),
+                job: Job {
+                    pattern: Pattern::Random,
+                    write: true,
+                    region: 32 << 20,
+                    block: 4096,
+                    seconds: 5.0,
+                    threads: 4,
+                    seed: 1,
+                },
+            }
+        );
+        let Command::Iobench { job, .. } = ok("iobench /dev/vdb seq-read") else {
+            panic!("not iobench");
+        };
+        assert_eq!((job.block, job.region, job.threads), (1 << 20, 64 << 20, 1));
+        assert!(usage_err("iobench /dev/vdb read").contains("unknown MODE"));
+        assert!(usage_err("iobench /dev/vdb seq-read --threads 0").contains("at least 1"));
     }
 }

@@ -11,6 +11,7 @@ mod datagen;
 mod error;
 mod fileio;
 mod hold;
+mod iobench;
 mod mem;
 mod meminfo;
 mod net;
@@ -123,6 +124,17 @@ fn run(cmd: Command) -> Result<()> {
             timeout,
         } => net::send(&host, port, mib, seed, timeout),
         Command::NetRecv { port, bind } => net::recv(&bind, port),
+        Command::Iobench { path, job } => {
+            let out = iobench::run(&path, &job)?;
+            kv("mode", job.mode())?;
+            kv("threads", job.threads)?;
+            kv("block_bytes", job.block)?;
+            kv("ops", out.ops)?;
+            kv("bytes", out.bytes)?;
+            kv("elapsed_s", format!("{:.3}", out.elapsed.as_secs_f64()))?;
+            kv("throughput_mib_s", f2(out.throughput_mib_s()))?;
+            kv("iops", format!("{:.0}", out.iops()))
+        }
         Command::VsockEcho { port, once } => vsock::echo(port, once),
         Command::VsockSend {
             cid,

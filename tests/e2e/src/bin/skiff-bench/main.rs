@@ -5,6 +5,9 @@
 //!   busybox initramfs, with the kernel's console messages on (`loglevel=8`) and off
 //!   (`quiet`); and the VMM's resident memory outside guest RAM at that moment.
 //! - `tiny`: a ~4 KiB PVH guest that prints one line and halts: the VMM's own start-up.
+//! - `blk`: virtio-blk sequential throughput and random IOPS (`blk.rs`); not in `all`.
+
+mod blk;
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -42,6 +45,9 @@ fn main() {
     }
     if what == "tiny" || what == "all" {
         tiny_bench(rounds, &mut report);
+    }
+    if what == "blk" {
+        blk::bench(rounds, &mut report);
     }
     println!("{report}");
 }
@@ -204,7 +210,7 @@ fn measure(mut vm: Vm, marker: &str, samples: &mut Samples) {
     drop(vm);
 }
 
-fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
+pub(crate) fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v.get(v.len() / 2).copied()
