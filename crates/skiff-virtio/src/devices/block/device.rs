@@ -26,7 +26,6 @@ pub struct Block {
     config: BlockConfig,
     state: DeviceState,
     write_through: bool,
-    bounce: Vec<u8>,
     queue_sizes: [u16; 1],
 }
 
@@ -49,7 +48,6 @@ impl Block {
             id,
             state: DeviceState::Inactive,
             write_through: true,
-            bounce: Vec::new(),
             queue_sizes: [QUEUE_SIZE],
         }
     }
@@ -108,7 +106,6 @@ impl VirtioDevice for Block {
             read_only: self.options.read_only,
             id: self.id,
             write_through: self.write_through,
-            bounce: &mut self.bounce,
         };
         self.state
             .process_queue(&self.name, index, MAX_CHAIN, |mem, chain| {

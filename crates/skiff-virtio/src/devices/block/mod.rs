@@ -1,7 +1,7 @@
 //! virtio-blk (virtio ID 2) over a raw image file.
 //!
 //! I/O is buffered (through the host page cache) and synchronous on the device's worker
-//! thread. A guest FLUSH becomes `fdatasync`, so data the guest wrote and flushed is on
+//! thread, with `preadv`/`pwritev` straight between the image and guest memory. A guest FLUSH becomes `fdatasync`, so data the guest wrote and flushed is on
 //! stable storage before the guest hears so; data merely written survives a crash of the
 //! VMM too (it is in the host's page cache), but not of the host. The page cache of the
 //! image is charged to the VMM's memory cgroup: see docs/virtio.md.

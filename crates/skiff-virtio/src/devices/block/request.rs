@@ -7,15 +7,13 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::{Disk, ID_BYTES, SECTOR_SIZE};
-use crate::chain::{Chain, ChainError, Cursor};
+use crate::chain::{Buffer, Chain, ChainError, Cursor};
 use crate::queue::QueueError;
 
 const HEADER_LEN: usize = 16;
-/// Requests are copied through a bounce buffer of at most this size at a time.
-const CHUNK: usize = 1 << 20;
 
 /// What a request runs against.
 pub struct RequestContext<'a> {
@@ -24,7 +22,6 @@ pub struct RequestContext<'a> {
     pub id: [u8; ID_BYTES],
     /// No FLUSH negotiated: the driver expects every write to be durable on completion.
     pub write_through: bool,
-    pub bounce: &'a mut Vec<u8>,
 }
 
 /// Runs the request in `chain`; returns the bytes written into device-writable buffers.
@@ -47,14 +44,13 @@ pub fn execute(
     let sector = u64::from_le_bytes(sector);
     let data_in = chain.writable_len() - 1;
 
-    let mut writer = Cursor::new(mem, &chain.writable, head);
     let outcome = match kind {
-        VIRTIO_BLK_T_IN => read(ctx, sector, data_in, &mut writer),
-        VIRTIO_BLK_T_OUT => write(ctx, sector, &mut reader),
+        VIRTIO_BLK_T_IN => read(ctx, mem, chain, sector, data_in),
+        VIRTIO_BLK_T_OUT => write(ctx, mem, chain, sector),
         VIRTIO_BLK_T_FLUSH => ctx.disk.flush().map(|_| 0).map_err(Status::io),
         VIRTIO_BLK_T_GET_ID => {
             let n = (data_in as usize).min(ID_BYTES);
-            writer
+            Cursor::new(mem, &chain.writable, head)
                 .write_all(&ctx.id[..n], "device ID")
                 .map(|_| n as u32)
                 .map_err(Status::Chain)
@@ -93,46 +89,73 @@ fn disk_range(ctx: &RequestContext<'_>, sector: u64, len: u64) -> Result<u64, St
     }
 }
 
-fn read(
-    ctx: &mut RequestContext<'_>,
-    sector: u64,
+/// `len` bytes of guest memory in `buffers` after the first `skip`, as slices (a buffer
+/// may span two RAM regions, hence several slices per buffer).
+fn data_slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    chain: &Chain,
+    buffers: &[Buffer],
+    skip: u64,
     len: u64,
-    to: &mut Cursor<'_>,
-) -> Result<u32, Status> {
-    let mut offset = disk_range(ctx, sector, len)?;
-    let mut left = len;
-    while left > 0 {
-        let n = (left as usize).min(CHUNK);
-        ctx.bounce.resize(n, 0);
-        ctx.disk
-            .read_at(&mut ctx.bounce[..n], offset)
-            .map_err(Status::io)?;
-        to.write_all(&ctx.bounce[..n], "read data")
-            .map_err(Status::Chain)?;
-        offset += n as u64;
-        left -= n as u64;
+) -> Result<Vec<VolatileSlice<'m>>, Status> {
+    let broken = || Status::Chain(ChainError::Memory { head: chain.head });
+    let mut slices = Vec::with_capacity(buffers.len());
+    let (mut skip, mut left) = (skip, len);
+    for buffer in buffers {
+        let size = u64::from(buffer.len);
+        if skip >= size {
+            skip -= size;
+            continue;
+        }
+        let take = (size - skip).min(left);
+        let addr = buffer.addr.checked_add(skip).ok_or_else(broken)?;
+        let take_bytes = usize::try_from(take).map_err(|_| broken())?;
+        for slice in mem.get_slices(addr, take_bytes) {
+            slices.push(slice.map_err(|_| broken())?);
+        }
+        skip = 0;
+        left -= take;
+        if left == 0 {
+            break;
+        }
     }
-    Ok(len as u32)
+    Ok(slices)
 }
 
-fn write(ctx: &mut RequestContext<'_>, sector: u64, from: &mut Cursor<'_>) -> Result<u32, Status> {
+/// Reads `len` bytes from the disk straight into the chain's writable buffers.
+fn read(
+    ctx: &mut RequestContext<'_>,
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    sector: u64,
+    len: u64,
+) -> Result<u32, Status> {
+    let used = u32::try_from(len).map_err(|_| Status::Code(VIRTIO_BLK_S_IOERR))?;
+    let offset = disk_range(ctx, sector, len)?;
+    let bufs = data_slices(mem, chain, &chain.writable, 0, len)?;
+    ctx.disk
+        .read_vectored_at(&bufs, offset)
+        .map_err(Status::io)?;
+    Ok(used)
+}
+
+/// Writes the chain's readable buffers after the header straight to the disk.
+fn write(
+    ctx: &mut RequestContext<'_>,
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    sector: u64,
+) -> Result<u32, Status> {
     if ctx.read_only {
         return Err(Status::Code(VIRTIO_BLK_S_IOERR));
     }
-    let len = from.remaining();
-    let mut offset = disk_range(ctx, sector, len)?;
-    let mut left = len;
-    while left > 0 {
-        let n = (left as usize).min(CHUNK);
-        ctx.bounce.resize(n, 0);
-        from.read_exact(&mut ctx.bounce[..n], "write data")
-            .map_err(Status::Chain)?;
-        ctx.disk
-            .write_at(&ctx.bounce[..n], offset)
-            .map_err(Status::io)?;
-        offset += n as u64;
-        left -= n as u64;
-    }
+    let header = HEADER_LEN as u64;
+    let len = chain.readable_len().saturating_sub(header);
+    let offset = disk_range(ctx, sector, len)?;
+    let bufs = data_slices(mem, chain, &chain.readable, header, len)?;
+    ctx.disk
+        .write_vectored_at(&bufs, offset)
+        .map_err(Status::io)?;
     if ctx.write_through {
         ctx.disk.flush().map_err(Status::io)?;
     }
@@ -197,13 +220,11 @@ mod tests {
     }
 
     fn run(mem: &GuestMemoryMmap, chain: &Chain, disk: &mut Vec<u8>, read_only: bool) -> (u32, u8) {
-        let mut bounce = Vec::new();
         let mut ctx = RequestContext {
             disk,
             read_only,
             id: *b"disk-serial-0\0\0\0\0\0\0\0",
             write_through: false,
-            bounce: &mut bounce,
         };
         let used = execute(mem, chain, &mut ctx).expect("well-formed request");
         (used, mem.read_obj(GuestAddress(STATUS)).expect("status"))
@@ -226,6 +247,52 @@ mod tests {
         let mut back = [0u8; 512];
         m.read_slice(&mut back, GuestAddress(DATA)).expect("read");
         assert_eq!(back, [0xab; 512]);
+    }
+
+    #[test]
+    fn data_sharing_buffers_with_the_header_or_the_status_byte() {
+        let m = mem();
+        let mut disk = vec![0u8; 8 * 512];
+        // Header and 1024 bytes of data in one readable buffer.
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+        header[8..].copy_from_slice(&1u64.to_le_bytes());
+        m.write_slice(&header, GuestAddress(HDR)).expect("header");
+        m.write_slice(&[0x5au8; 1024], GuestAddress(HDR + 16))
+            .expect("data");
+        let out = Chain {
+            head: 0,
+            readable: vec![Buffer {
+                addr: GuestAddress(HDR),
+                len: 16 + 1024,
+            }],
+            writable: vec![Buffer {
+                addr: GuestAddress(STATUS),
+                len: 1,
+            }],
+        };
+        assert_eq!(run(&m, &out, &mut disk, false), (1, 0));
+        assert!(disk[512..1536].iter().all(|b| *b == 0x5a));
+        assert!(disk[..512].iter().all(|b| *b == 0) && disk[1536..].iter().all(|b| *b == 0));
+        // Read 512 bytes into two pieces, the second ending in the status byte.
+        let mut inq = request(&m, VIRTIO_BLK_T_IN, 1, 0, true);
+        inq.writable = vec![
+            Buffer {
+                addr: GuestAddress(DATA),
+                len: 200,
+            },
+            Buffer {
+                addr: GuestAddress(STATUS - 312),
+                len: 313,
+            },
+        ];
+        assert_eq!(run(&m, &inq, &mut disk, false), (513, 0));
+        let mut first = [0u8; 200];
+        m.read_slice(&mut first, GuestAddress(DATA)).expect("read");
+        let mut second = [0u8; 312];
+        m.read_slice(&mut second, GuestAddress(STATUS - 312))
+            .expect("read");
+        assert_eq!((first, second), ([0x5a; 200], [0x5a; 312]));
     }
 
     #[test]
@@ -267,13 +334,11 @@ mod tests {
     fn malformed_requests_are_queue_errors() {
         let m = mem();
         let mut disk = vec![0u8; 512];
-        let mut bounce = Vec::new();
         let mut ctx = RequestContext {
             disk: &mut disk,
             read_only: false,
             id: [0; ID_BYTES],
             write_through: false,
-            bounce: &mut bounce,
         };
         let mut no_status = request(&m, VIRTIO_BLK_T_IN, 0, 512, true);
         no_status.writable.clear();

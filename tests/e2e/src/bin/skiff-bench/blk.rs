@@ -12,7 +12,7 @@ use skiff_e2e::{GuestSpec, TestEnv, Vmm};
 use crate::median;
 
 /// Bytes of the image, and of the region every job covers.
-const REGION_MIB: u64 = 128;
+const REGION_MIB: u64 = 64;
 const RANDOM_SECONDS: u32 = 5;
 
 /// One `iobench` run in the guest.
@@ -83,7 +83,7 @@ fn guest_command() -> String {
 fn spec(config: &Config, image: &Path) -> GuestSpec {
     let spec = GuestSpec::new(config.vmm)
         .cmd(guest_command())
-        .timeout(Duration::from_secs(600));
+        .timeout(Duration::from_secs(900));
     match config.vmm {
         Vmm::Skiff => spec.vmm_args(["--disk".to_string(), format!("path={}", image.display())]),
         // The closest match to Skiff's device: buffered I/O on the host (Skiff does not
