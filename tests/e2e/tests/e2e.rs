@@ -9,6 +9,8 @@ mod block;
 mod boot;
 #[path = "e2e/cgroups.rs"]
 mod cgroups;
+#[path = "e2e/daemon.rs"]
+mod daemon;
 #[path = "e2e/harness.rs"]
 mod harness;
 #[path = "e2e/net.rs"]
