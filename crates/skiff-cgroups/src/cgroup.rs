@@ -132,7 +132,9 @@ impl Cgroup {
         format!("cgroup {} group {}", self.version(), dirs.join(", "))
     }
 
-    /// The processes in the group (from the cpu tree for v1).
+    /// The processes in the group (in any of its trees, for v1). Kernel threads count: KVM's
+    /// workers (kvm-nx-lpage-recovery, kvm-pit) join the group of the process that created
+    /// the VM, so their CPU time is the VM's.
     pub fn pids(&self) -> Result<Vec<u32>> {
         let mut pids = Vec::new();
         for dir in self.distinct_dirs() {
