@@ -26,6 +26,10 @@ const HOST_MODULES: &[&str] = &[
     "vhost_vsock",
     "vsock",
     "vmw_vsock_virtio_transport_common",
+    // Host swap for hypervisor-level reclaim (MADV_PAGEOUT): a compressed RAM disk, and
+    // its default compressor (the kernel cannot autoload it: there is no modules.dep).
+    "lzo-rle",
+    "zram",
 ];
 
 /// QEMU firmware the inner QEMU may need (pc with SeaBIOS or qboot, microvm).

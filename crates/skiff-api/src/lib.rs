@@ -4,11 +4,13 @@
 
 pub mod balloon;
 pub mod control;
+pub mod memory;
 pub mod net;
 mod size;
 mod spec;
 
 pub use balloon::BalloonSpec;
+pub use memory::WorkingSetSpec;
 pub use net::{MacAddr, NicSpec, VsockSpec};
 pub use size::{ByteSize, SizeError};
 pub use spec::{

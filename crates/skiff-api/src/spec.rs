@@ -55,6 +55,9 @@ pub struct VmSpec {
     /// What the host daemon does when the VM's process ends on its own.
     #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
     pub restart: RestartPolicy,
+    /// Working-set sampling for the memory manager (on by default: 100 pages per 30 s).
+    #[serde(default)]
+    pub working_set: crate::WorkingSetSpec,
 }
 
 /// The CPU shares a cgroup can express (v1's cpu.shares range; v2's weight is derived).
@@ -152,6 +155,12 @@ pub struct MemorySpec {
     pub min: Option<ByteSize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shares: Option<u64>,
+    /// Page sharing is a side channel, so KSM may merge this VM's pages only with VMs of
+    /// the same domain. KSM itself merges across every mergeable process: the host daemon
+    /// enforces domains by letting only one domain's VMs be mergeable at a time (see
+    /// docs/memory.md). Absent: the host's default domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing_domain: Option<String>,
 }
 
 impl MemorySpec {
@@ -160,6 +169,7 @@ impl MemorySpec {
             size,
             min: None,
             shares: None,
+            sharing_domain: None,
         }
     }
 }
@@ -175,6 +185,8 @@ impl<'de> Deserialize<'de> for MemorySpec {
             min: Option<ByteSize>,
             #[serde(default)]
             shares: Option<u64>,
+            #[serde(default)]
+            sharing_domain: Option<String>,
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -188,9 +200,10 @@ impl<'de> Deserialize<'de> for MemorySpec {
                 size: t.size,
                 min: t.min,
                 shares: t.shares,
+                sharing_domain: t.sharing_domain,
             }),
             Err(_) => Err(serde::de::Error::custom(
-                "expected a size such as \"512M\" or a table { size, min, shares } with a valid, non-negative size",
+                "expected a size such as \"512M\" or a table { size, min, shares, sharing_domain } with a valid, non-negative size",
             )),
         }
     }
@@ -278,6 +291,12 @@ impl VmSpec {
         if self.memory.shares == Some(0) {
             return Err(SpecError::invalid("memory.shares", "must be at least 1"));
         }
+        if let Some(domain) = &self.memory.sharing_domain {
+            check_name(domain).map_err(|r| SpecError::invalid("memory.sharing_domain", r))?;
+        }
+        self.working_set
+            .check()
+            .map_err(|reason| SpecError::invalid("working_set", reason))?;
         if self.kernel.as_os_str().is_empty() {
             return Err(SpecError::invalid("kernel", "must name a kernel image"));
         }
@@ -330,16 +349,18 @@ impl VmSpec {
 
 /// A VM name as the daemon uses it (also a directory name): checked here for every caller.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    check_name(name).map_err(|reason| SpecError::invalid("name", reason))
+}
+
+/// Names (of VMs, of sharing domains) end up in paths and on command lines: keep them tame.
+fn check_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > 64 {
-        return Err(SpecError::invalid("name", "must be 1 to 64 characters"));
+        return Err("must be 1 to 64 characters".into());
     }
     if name.starts_with('.') || !name.chars().all(ok_char) {
-        return Err(SpecError::invalid(
-            "name",
-            format!(
-                "`{name}` may only hold letters, digits, '-', '_' and '.', and not start with '.'"
-            ),
+        return Err(format!(
+            "`{name}` may only hold letters, digits, '-', '_' and '.', and not start with '.'"
         ));
     }
     Ok(())
@@ -379,6 +400,36 @@ mod tests {
         assert_eq!(spec.memory.size, ByteSize::from_mib(1024));
         assert_eq!(spec.memory.min, Some(ByteSize::from_mib(128)));
         assert_eq!(spec.memory.shares, Some(2000));
+        assert_eq!(spec.memory.sharing_domain, None);
+    }
+
+    #[test]
+    fn sharing_domain_and_working_set() {
+        let spec = VmSpec::from_toml(
+            r#"
+            kernel = "/k"
+            memory = { size = "256M", sharing_domain = "tenant-a" }
+            working_set = { period_secs = 2, pages = 64 }
+        "#,
+        )
+        .expect("valid spec");
+        assert_eq!(spec.memory.sharing_domain.as_deref(), Some("tenant-a"));
+        assert_eq!(
+            (spec.working_set.period_secs, spec.working_set.pages),
+            (2, 64)
+        );
+        let defaults = VmSpec::from_toml(MINIMAL).expect("minimal");
+        assert_eq!(defaults.working_set, crate::WorkingSetSpec::default());
+        let bad_domain = r#"{"kernel":"/k","memory":{"size":"256M","sharing_domain":"a/b"}}"#;
+        assert_eq!(
+            VmSpec::from_json(bad_domain).expect_err("slash").field(),
+            Some("memory.sharing_domain")
+        );
+        let no_pages = r#"{"kernel":"/k","memory":"256M","working_set":{"pages":0}}"#;
+        assert_eq!(
+            VmSpec::from_json(no_pages).expect_err("no pages").field(),
+            Some("working_set")
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl std::fmt::Display for ExitReason {
 }
 
 /// One VM as `GET /vms/{name}` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmInfo {
     pub name: String,
     pub state: VmState,

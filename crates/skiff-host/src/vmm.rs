@@ -81,8 +81,10 @@ impl VmmClient {
 
     pub async fn stats(&self) -> Result<VmStats, ControlError> {
         match self.request(&ControlRequest::Stats).await? {
-            ControlResponse::Ok { stats: Some(stats) } => Ok(stats),
-            ControlResponse::Ok { stats: None } => {
+            ControlResponse::Ok {
+                stats: Some(stats), ..
+            } => Ok(stats),
+            ControlResponse::Ok { stats: None, .. } => {
                 Err(ControlError::BadResponse("stats missing".into()))
             }
             ControlResponse::Error { message } => Err(ControlError::Refused(message)),

@@ -27,6 +27,9 @@ fn stats() -> VmStats {
         vmm_rss_bytes: 1010 * MIB,
         uptime_ms: 1,
         balloon: Some(BalloonStats::default()),
+        working_set: None,
+        sharing: Default::default(),
+        reclaim: Default::default(),
     }
 }
 
@@ -44,6 +47,7 @@ async fn serve_control(listener: UnixListener, seen: Arc<Mutex<Vec<ControlReques
         let response = match request {
             ControlRequest::Stats => ControlResponse::Ok {
                 stats: Some(stats()),
+                reclaim: None,
             },
             _ => ControlResponse::ok(),
         };

@@ -78,7 +78,10 @@ fn serve_client(stream: UnixStream, vm: &VmHandle) -> std::io::Result<()> {
 pub fn handle(request: ControlRequest, vm: &VmHandle) -> ControlResponse {
     match request {
         ControlRequest::Stats => match vm.stats() {
-            Ok(stats) => ControlResponse::Ok { stats: Some(stats) },
+            Ok(stats) => ControlResponse::Ok {
+                stats: Some(stats),
+                reclaim: None,
+            },
             Err(e) => ControlResponse::error(format!("cannot read stats: {e}")),
         },
         ControlRequest::Pause => match vm.pause() {
@@ -97,13 +100,40 @@ pub fn handle(request: ControlRequest, vm: &VmHandle) -> ControlResponse {
             vm.stop(VmExit::Stopped);
             ControlResponse::ok()
         }
+        ControlRequest::Sampling { period_secs, pages } => {
+            match vm.set_sampling(period_secs, pages) {
+                Ok(()) => ControlResponse::ok(),
+                Err(e) => ControlResponse::error(e.to_string()),
+            }
+        }
+        ControlRequest::Reclaim { bytes, mode } => match vm.reclaim(bytes, mode) {
+            Ok(report) => ControlResponse::Ok {
+                stats: None,
+                reclaim: Some(report),
+            },
+            Err(e) => ControlResponse::error(e.to_string()),
+        },
+        ControlRequest::PageSharing { enabled } => match vm.set_page_sharing(enabled) {
+            Ok(now) if now == enabled => ControlResponse::ok(),
+            Ok(_) => ControlResponse::error("KSM is not available on this host"),
+            Err(e) => ControlResponse::error(e.to_string()),
+        },
     }
+}
+
+/// How long a client waits for the answer to `request`.
+fn answer_timeout(request: &ControlRequest) -> Duration {
+    let work = match request {
+        ControlRequest::Reclaim { .. } => crate::memory::reclaim::RECLAIM_DEADLINE,
+        _ => CLIENT_TIMEOUT,
+    };
+    work + Duration::from_secs(1)
 }
 
 /// Sends one request to a VMM's control socket and returns its response.
 pub fn request(path: &Path, request: &ControlRequest) -> std::io::Result<ControlResponse> {
     let mut stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT + Duration::from_secs(1)))?;
+    stream.set_read_timeout(Some(answer_timeout(request)))?;
     let mut text = serde_json::to_string(request).map_err(std::io::Error::other)?;
     text.push('\n');
     stream.write_all(text.as_bytes())?;

@@ -1,16 +1,22 @@
-//! Control over a running VM from other threads: pause, resume, stop and its figures.
+//! Control over a running VM from other threads: pause, resume, stop, its figures, and
+//! the memory manager's levers (balloon, sampling, page sharing, reclaim).
 
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use skiff_api::control::{RunState, VmStats};
+use skiff_api::memory::{ReclaimMode, ReclaimReport, SharingStats, WorkingSetSpec};
 use skiff_pci::msix::lock;
 use skiff_virtio::devices::balloon::{Balloon, BalloonError};
 
 use crate::cpu::run_control::{self, PauseError, Requested, RunControl};
 use crate::exit::{ExitSender, VmExit};
-use crate::memory::GuestRam;
+use crate::memory::dirty_log::{DirtyLogError, GuestSlots};
+use crate::memory::reclaim::{ReclaimError, Reclaimer};
+use crate::memory::sampling::{SamplingError, WorkingSet};
+use crate::memory::sharing::{ksm_stats, SharingMonitor};
+use crate::memory::{GuestRam, MemoryError};
 
 /// How long vCPUs get to leave the guest when paused.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +34,63 @@ struct Inner {
     started: Instant,
     vcpus: u32,
     balloon: Option<Arc<Mutex<Balloon>>>,
+    memory: MemoryServices,
+}
+
+/// What the VMM measures of guest memory and the reclaim it offers, in one place.
+pub struct MemoryServices {
+    /// None when this KVM cannot log dirty pages with manual protection.
+    working_set: Option<Arc<WorkingSet>>,
+    /// Kept even without sampling: the slots must stay registered with KVM.
+    _slots: Arc<GuestSlots>,
+    sharing: SharingMonitor,
+    reclaimer: Reclaimer,
+    domain: Option<String>,
+    ram: GuestRam,
+}
+
+impl MemoryServices {
+    pub fn new(
+        ram: &GuestRam,
+        slots: GuestSlots,
+        spec: WorkingSetSpec,
+        domain: Option<String>,
+    ) -> Self {
+        let slots = Arc::new(slots);
+        let working_set = slots
+            .can_log()
+            .then(|| WorkingSet::new(slots.clone(), ram.pages(), spec));
+        MemoryServices {
+            working_set,
+            _slots: slots,
+            sharing: SharingMonitor::new(ram.clone()),
+            reclaimer: Reclaimer::new(ram.clone()),
+            domain,
+            ram: ram.clone(),
+        }
+    }
+
+    /// Starts the sampling thread.
+    pub fn start(&self) -> io::Result<()> {
+        match &self.working_set {
+            Some(ws) => ws.spawn(),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryRequestError {
+    #[error("this KVM cannot sample the working set: it lacks manual dirty log protection")]
+    NoSampling,
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    #[error(transparent)]
+    DirtyLog(#[from] DirtyLogError),
+    #[error(transparent)]
+    Reclaim(#[from] ReclaimError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +111,7 @@ impl VmHandle {
         exits: ExitSender,
         vcpus: u32,
         balloon: Option<Arc<Mutex<Balloon>>>,
+        memory: MemoryServices,
     ) -> Self {
         VmHandle {
             inner: Arc::new(Inner {
@@ -58,6 +122,7 @@ impl VmHandle {
                 started: Instant::now(),
                 vcpus,
                 balloon,
+                memory,
             }),
         }
     }
@@ -75,6 +140,9 @@ impl VmHandle {
             }
             Ok(())
         };
+        if let Some(ws) = &inner.memory.working_set {
+            ws.set_paused(true);
+        }
         inner
             .control
             .pause(inner.vcpu_threads.len(), kick, PAUSE_TIMEOUT)
@@ -82,6 +150,9 @@ impl VmHandle {
 
     pub fn resume(&self) {
         self.inner.control.resume();
+        if let Some(ws) = &self.inner.memory.working_set {
+            ws.set_paused(false);
+        }
     }
 
     /// Ends the VM as if its power were cut.
@@ -114,6 +185,58 @@ impl VmHandle {
         Ok(())
     }
 
+    /// Changes working-set sampling (None keeps a value; period 0 turns it off).
+    pub fn set_sampling(
+        &self,
+        period_secs: Option<u32>,
+        pages: Option<u32>,
+    ) -> Result<(), MemoryRequestError> {
+        let ws = self
+            .inner
+            .memory
+            .working_set
+            .as_ref()
+            .ok_or(MemoryRequestError::NoSampling)?;
+        ws.configure(period_secs, pages)?;
+        Ok(())
+    }
+
+    /// Hypervisor-level reclaim of about `bytes`, sparing pages the sample saw written.
+    pub fn reclaim(
+        &self,
+        bytes: u64,
+        mode: ReclaimMode,
+    ) -> Result<ReclaimReport, MemoryRequestError> {
+        let memory = &self.inner.memory;
+        let hot = memory
+            .working_set
+            .as_ref()
+            .map(|ws| ws.recently_written())
+            .unwrap_or_default();
+        Ok(memory.reclaimer.reclaim(bytes, mode, &hot)?)
+    }
+
+    /// Lets KSM merge this VM's memory, or stops it.
+    pub fn set_page_sharing(&self, enabled: bool) -> Result<bool, MemoryRequestError> {
+        Ok(self.inner.memory.ram.set_mergeable(enabled)?)
+    }
+
+    fn sharing_stats(&self) -> SharingStats {
+        let memory = &self.inner.memory;
+        SharingStats {
+            mergeable: memory.ram.mergeable(),
+            domain: memory.domain.clone(),
+            ksm: ksm_stats(),
+            estimate: match memory.sharing.estimate() {
+                Ok(estimate) => Some(estimate),
+                Err(e) => {
+                    log::debug!("shareable estimate: {e}");
+                    None
+                }
+            },
+        }
+    }
+
     pub fn stats(&self) -> io::Result<VmStats> {
         Ok(VmStats {
             state: self.state(),
@@ -127,6 +250,9 @@ impl VmHandle {
                 .balloon
                 .as_ref()
                 .map(|b| crate::pci::balloon::stats(&lock(b).info())),
+            working_set: self.inner.memory.working_set.as_ref().map(|ws| ws.stats()),
+            sharing: self.sharing_stats(),
+            reclaim: self.inner.memory.reclaimer.totals(),
         })
     }
 }

@@ -39,6 +39,8 @@ pub enum VmmError {
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
+    DirtyLog(#[from] memory::dirty_log::DirtyLogError),
+    #[error(transparent)]
     Boot(#[from] boot::BootError),
     #[error(transparent)]
     Vcpu(#[from] cpu::VcpuSetupError),

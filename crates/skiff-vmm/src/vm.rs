@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -21,12 +19,14 @@ use crate::devices::power::{AcpiPowerRegisters, PvPanic};
 use crate::devices::serial::SerialDevice;
 use crate::devices::{EventFdTrigger, ExitTrigger, IoBus, Shared, I8042};
 use crate::exit::{ExitSender, VmExit};
+use crate::handle::MemoryServices;
 use crate::handle::VmHandle;
 use crate::host;
 use crate::layout::{
     ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_PORT, KVM_IDENTITY_MAP_ADDR,
     KVM_TSS_ADDR, PVPANIC_PORT,
 };
+use crate::memory::dirty_log::GuestSlots;
 use crate::memory::{GuestRam, RamOptions};
 use crate::mmio::MmioBus;
 use crate::pci::{self, DiskConfig, PciConfig, PciDevices};
@@ -42,6 +42,10 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Let KSM merge this VM's identical pages.
     pub mergeable: bool,
+    /// The page-sharing domain (reported; the host daemon enforces domains).
+    pub sharing_domain: Option<String>,
+    /// Working-set sampling (period 0: off, and no dirty logging).
+    pub working_set: skiff_api::WorkingSetSpec,
     /// Run even on a KVM without hardware virtualization (kvm_pvm).
     pub allow_slow_kvm: bool,
     /// Paravirtual devices on PCI (virtio-rng, disks).
@@ -57,6 +61,8 @@ impl VmConfig {
             initrd: spec.initrd.clone(),
             cmdline: spec.cmdline.clone(),
             mergeable: true,
+            sharing_domain: spec.memory.sharing_domain.clone(),
+            working_set: spec.working_set,
             allow_slow_kvm: false,
             devices: PciConfig {
                 rng: spec.rng,
@@ -87,6 +93,7 @@ pub struct Vm {
     _kvm: Kvm,
     _vm_fd: Arc<VmFd>,
     ram: GuestRam,
+    memory: MemoryServices,
     serial: Shared<SerialDevice>,
     exits: ExitSender,
     exit_rx: mpsc::Receiver<VmExit>,
@@ -131,19 +138,17 @@ impl Vm {
                 mergeable: config.mergeable,
             },
         )?;
-        for (slot, region) in ram.regions().iter().enumerate() {
-            let mem_region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.guest_addr,
-                memory_size: region.len,
-                userspace_addr: ram.host_addr(region),
-            };
-            // SAFETY: the host range belongs to `ram`, which outlives the VM: it is dropped
-            // with `Vm` or kept by the vCPU threads until the process exits.
-            unsafe { vm_fd.set_user_memory_region(mem_region) }
-                .map_err(VmmError::kvm("register guest memory"))?;
+        let sampling = config.working_set.period_secs > 0;
+        let slots = GuestSlots::register(vm_fd.clone(), &ram, sampling)?;
+        if sampling && !slots.can_log() {
+            log::warn!("this KVM cannot sample the working set (no manual dirty log protection)");
         }
+        let memory = MemoryServices::new(
+            &ram,
+            slots,
+            config.working_set,
+            config.sharing_domain.clone(),
+        );
 
         phases.done("guest memory");
         let (exits, exit_rx) = ExitSender::channel();
@@ -184,6 +189,7 @@ impl Vm {
             _kvm: kvm,
             _vm_fd: vm_fd,
             ram,
+            memory,
             serial,
             exits,
             exit_rx,
@@ -218,6 +224,7 @@ impl Vm {
             _kvm,
             _vm_fd,
             ram,
+            memory,
             exits,
             exit_rx,
             vcpus,
@@ -239,6 +246,7 @@ impl Vm {
                 .map_err(VmmError::Thread)?;
             threads.push(handle.as_pthread_t());
         }
+        memory.start().map_err(VmmError::Thread)?;
         Ok(RunningVm {
             _kvm,
             _vm_fd,
@@ -250,6 +258,7 @@ impl Vm {
                 exits,
                 vcpu_count,
                 devices.balloon.as_ref().map(|b| b.device.clone()),
+                memory,
             ),
             devices,
         })

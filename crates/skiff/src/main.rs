@@ -30,8 +30,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a VM in this process, with its serial console on stdin/stdout.
-    Run(run::RunArgs),
-    /// Send a control request (stats, pause, resume, stop) to a running VMM.
+    Run(Box<run::RunArgs>),
+    /// Send a control request (stats, pause, resume, stop, balloon, sampling, reclaim,
+    /// page sharing) to a running VMM.
     Ctl(ctl::CtlArgs),
     /// Run the host daemon (REST API, one VMM process per VM); `skiff host status` asks it.
     Host(host::HostArgs),
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
     logger::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Ctl(args) => ctl::run(args),
         Command::Host(args) => host::run(args),
         Command::Vm(args) => vm::run(args),

@@ -34,6 +34,16 @@ pub struct RunArgs {
     /// Do not let KSM merge this VM's memory with identical pages elsewhere.
     #[arg(long)]
     no_page_sharing: bool,
+    /// The page-sharing domain (`memory.sharing_domain`): reported in the stats; the host
+    /// daemon lets only VMs of one domain share pages.
+    #[arg(long, value_name = "NAME")]
+    sharing_domain: Option<String>,
+    /// Seconds per working-set sampling period; 0 turns sampling off [default: 30].
+    #[arg(long, value_name = "SECS")]
+    sampling_period: Option<u32>,
+    /// Guest pages sampled per period [default: 100].
+    #[arg(long, value_name = "N")]
+    sampling_pages: Option<u32>,
     /// Run even on a KVM without hardware virtualization (extremely slow guests).
     #[arg(long)]
     allow_slow_kvm: bool,
@@ -59,7 +69,8 @@ pub struct RunArgs {
     /// No free page reporting: memory the guest frees stays with the VMM.
     #[arg(long)]
     no_free_page_reporting: bool,
-    /// Serve the control protocol (stats, pause, resume, stop) on this unix socket.
+    /// Serve the control protocol (`skiff ctl`: stats, pause, resume, stop, balloon,
+    /// sampling, reclaim, page sharing) on this unix socket.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
     /// Write the exit status here (one number) when the VM ends, for a supervisor that is
@@ -88,6 +99,7 @@ impl RunArgs {
                 balloon: skiff_api::BalloonSpec::default(),
                 cpu: skiff_api::CpuSpec::default(),
                 restart: skiff_api::RestartPolicy::default(),
+                working_set: skiff_api::WorkingSetSpec::default(),
             },
         };
         if let Some(kernel) = &self.kernel {
@@ -122,6 +134,15 @@ impl RunArgs {
         }
         if self.no_free_page_reporting {
             spec.balloon.free_page_reporting = false;
+        }
+        if let Some(domain) = &self.sharing_domain {
+            spec.memory.sharing_domain = Some(domain.clone());
+        }
+        if let Some(secs) = self.sampling_period {
+            spec.working_set.period_secs = secs;
+        }
+        if let Some(pages) = self.sampling_pages {
+            spec.working_set.pages = pages;
         }
         if spec.kernel.as_os_str().is_empty() {
             anyhow::bail!("no kernel: pass --kernel PATH or a spec file with `kernel`");

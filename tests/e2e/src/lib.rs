@@ -16,6 +16,7 @@
 //!
 //! See docs/testing.md for the whole picture.
 
+mod ctl;
 mod disk;
 mod env;
 mod error;
@@ -25,6 +26,7 @@ mod spec;
 pub mod tiny_pvh;
 mod vm;
 
+pub use ctl::ctl;
 pub use disk::make_ext4;
 pub use env::TestEnv;
 pub use error::Error;

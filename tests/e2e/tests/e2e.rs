@@ -13,6 +13,8 @@ mod cgroups;
 mod daemon;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/memory.rs"]
+mod memory;
 #[path = "e2e/net.rs"]
 mod net;
 #[path = "e2e/root.rs"]

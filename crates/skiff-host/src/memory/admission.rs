@@ -55,6 +55,7 @@ mod tests {
             size: ByteSize::from_mib(max),
             min: Some(ByteSize::from_mib(min)),
             shares: None,
+            sharing_domain: None,
         }
     }
 

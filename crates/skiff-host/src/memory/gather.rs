@@ -84,6 +84,9 @@ mod tests {
                 }),
                 ..BalloonStats::default()
             }),
+            working_set: None,
+            sharing: Default::default(),
+            reclaim: Default::default(),
         }
     }
 
@@ -93,6 +96,7 @@ mod tests {
             size: ByteSize::from_mib(512),
             min: Some(ByteSize::from_mib(128)),
             shares: None,
+            sharing_domain: None,
         };
         let vm = vm_input("a", &memory, &stats(), true);
         assert_eq!((vm.min_bytes, vm.max_bytes), (128 * MIB, 512 * MIB));

@@ -4,28 +4,11 @@
 //! statistics and the balloon's figures are readable over the control socket.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use skiff_e2e::{GuestSpec, TestEnv, Vm, Vmm};
+use skiff_e2e::{ctl, GuestSpec, TestEnv, Vm, Vmm};
 
 const MIB: u64 = 1 << 20;
-
-/// Runs `skiff ctl --socket SOCKET ARGS...`; returns (success, stdout + stderr).
-fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(&TestEnv::get().skiff_bin)
-        .args(["ctl", "--socket"])
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("skiff ctl runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// The number after `"key": ` in pretty-printed JSON.
 fn json_u64(text: &str, key: &str) -> Option<u64> {

@@ -1,18 +1,34 @@
 //! Guest RAM: one private anonymous mapping, 2 MiB-aligned, split into guest regions around
 //! the MMIO hole. Private anonymous memory is what KSM can merge and what MADV_DONTNEED
-//! really frees, so `discard` is the one place where guest pages go back to the host.
+//! really frees, so `release` is the one place where guest pages leave host RAM: discarded
+//! (balloon, free page reporting), paged out to host swap or marked cold (hypervisor-level
+//! reclaim).
+//!
+//! Around it, what the memory manager needs measured and done: [`dirty_log`] and
+//! [`sampling`] estimate the working set, [`sharing`] reports KSM's figures and estimates
+//! what could be shared, [`reclaim`] picks cold pages and pages them out.
+//!
+//! Pages are numbered by "RAM page": the page's offset in the host mapping / 4 KiB. The
+//! mapping is contiguous, so RAM pages run 0..pages() across the MMIO hole.
+
+pub mod dirty_log;
+mod mapping;
+pub mod reclaim;
+pub mod sampling;
+pub mod sharing;
 
 use std::io;
-use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
+use mapping::HostMapping;
+#[cfg(test)]
+use mapping::HUGE_PAGE;
 
 pub const PAGE_SIZE: u64 = 4096;
-/// Host alignment of guest RAM, so that KVM can map it with huge pages in the nested tables.
-const HUGE_PAGE: usize = 2 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -26,6 +42,27 @@ pub enum MemoryError {
     BadRange { gpa: u64, len: u64 },
     #[error("madvise failed on guest memory: {0}")]
     Madvise(io::Error),
+}
+
+/// How pages leave host RAM through [`GuestRam::release`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// MADV_DONTNEED: freed; the guest reads zeros there afterwards.
+    Discard,
+    /// MADV_PAGEOUT: written to host swap now; the guest's next access faults them back.
+    PageOut,
+    /// MADV_COLD: kept, but first in line when the host reclaims memory.
+    Cold,
+}
+
+impl Release {
+    fn advice(self) -> libc::c_int {
+        match self {
+            Release::Discard => libc::MADV_DONTNEED,
+            Release::PageOut => libc::MADV_PAGEOUT,
+            Release::Cold => libc::MADV_COLD,
+        }
+    }
 }
 
 /// One contiguous block of guest RAM as KVM and the e820 map see it.
@@ -48,6 +85,8 @@ struct Inner {
     memory: GuestMemoryMmap,
     regions: Vec<RamRegion>,
     mapping: HostMapping,
+    /// KSM may merge the pages (MADV_MERGEABLE is in effect).
+    mergeable: AtomicBool,
 }
 
 /// Options for how guest RAM is backed.
@@ -73,7 +112,8 @@ impl GuestRam {
             size: size >> 20,
             source,
         })?;
-        mapping.advise(options.mergeable)?;
+        mapping.exclude_from_core_dumps()?;
+        let mergeable = options.mergeable && mapping.set_mergeable(true)?;
         let mut mmap_regions = Vec::with_capacity(regions.len());
         for r in &regions {
             // SAFETY: the pointer and length lie inside `mapping`, which lives in the same
@@ -98,6 +138,7 @@ impl GuestRam {
                 memory,
                 regions,
                 mapping,
+                mergeable: AtomicBool::new(mergeable),
             }),
         })
     }
@@ -138,19 +179,86 @@ impl GuestRam {
     }
 
     /// Gives the pages of `[gpa, gpa+len)` back to the host. The guest reads zeros there
-    /// afterwards. This is the only path by which guest memory leaves the VMM's resident set.
+    /// afterwards.
     pub fn discard(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
         let offset = self
             .host_offset(gpa, len)
             .ok_or(MemoryError::BadRange { gpa, len })?;
-        self.inner
-            .mapping
-            .madvise(offset, len as usize, libc::MADV_DONTNEED)
+        self.release(offset, len as usize, Release::Discard)
+    }
+
+    /// Releases RAM pages `[first, first+count)` from host RAM as `how` says.
+    pub fn release_pages(&self, first: u64, count: u64, how: Release) -> Result<(), MemoryError> {
+        let bad = || MemoryError::BadRange {
+            gpa: first.saturating_mul(PAGE_SIZE),
+            len: count.saturating_mul(PAGE_SIZE),
+        };
+        let end = first.checked_add(count).ok_or_else(bad)?;
+        if count == 0 || end > self.pages() {
+            return Err(bad());
+        }
+        self.release(
+            (first * PAGE_SIZE) as usize,
+            (count * PAGE_SIZE) as usize,
+            how,
+        )
+    }
+
+    /// The only path by which guest memory leaves the VMM's resident set.
+    fn release(&self, offset: usize, len: usize, how: Release) -> Result<(), MemoryError> {
+        self.inner.mapping.madvise(offset, len, how.advice())
     }
 
     /// Bytes of guest RAM currently resident in host memory.
     pub fn resident_bytes(&self) -> io::Result<u64> {
-        self.inner.mapping.resident_bytes()
+        self.inner.mapping.resident_bytes(0, self.inner.mapping.len)
+    }
+
+    /// Guest RAM in 4 KiB pages.
+    pub fn pages(&self) -> u64 {
+        self.size() / PAGE_SIZE
+    }
+
+    /// Residency of RAM pages `first..first+out.len()`: bit 0 of each byte is set for a page
+    /// in host RAM (not swapped out, not discarded, not yet touched).
+    pub fn resident_map(&self, first: u64, out: &mut [u8]) -> io::Result<()> {
+        let first =
+            usize::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.inner.mapping.resident_map(first, out)
+    }
+
+    /// Copies RAM page `page` into `buf` (volatile reads: the guest may be writing it).
+    pub fn read_page(&self, page: u64, buf: &mut [u8; PAGE_SIZE as usize]) -> io::Result<()> {
+        let gpa = self
+            .page_gpa(page)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.inner
+            .memory
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(io::Error::other)
+    }
+
+    /// The guest physical address of RAM page `page`.
+    pub fn page_gpa(&self, page: u64) -> Option<u64> {
+        let offset = page.checked_mul(PAGE_SIZE)?;
+        self.inner
+            .regions
+            .iter()
+            .find(|r| offset >= r.host_offset && offset < r.host_offset + r.len)
+            .map(|r| r.guest_addr + (offset - r.host_offset))
+    }
+
+    /// Whether KSM may merge this VM's pages.
+    pub fn mergeable(&self) -> bool {
+        self.inner.mergeable.load(Ordering::Relaxed)
+    }
+
+    /// Lets KSM merge guest RAM or stops it (which copies merged pages back). Returns the
+    /// new state: false on a host without KSM.
+    pub fn set_mergeable(&self, mergeable: bool) -> Result<bool, MemoryError> {
+        let now = self.inner.mapping.set_mergeable(mergeable)?;
+        self.inner.mergeable.store(now, Ordering::Relaxed);
+        Ok(now)
     }
 
     fn host_offset(&self, gpa: u64, len: u64) -> Option<usize> {
@@ -188,124 +296,6 @@ fn split_around_hole(size: u64) -> Vec<RamRegion> {
             host_offset: MMIO_HOLE_START,
         },
     ]
-}
-
-/// A private anonymous mapping at a 2 MiB-aligned address, unmapped on drop.
-struct HostMapping {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory; concurrent access is coordinated by the guest and the
-// users of `GuestMemoryMmap`, exactly as for vm-memory's own mappings.
-unsafe impl Send for HostMapping {}
-// SAFETY: as above.
-unsafe impl Sync for HostMapping {}
-
-impl HostMapping {
-    fn new(len: usize) -> io::Result<Self> {
-        let padded = len
-            .checked_add(HUGE_PAGE)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing; no
-        // existing memory is affected. NORESERVE: guest RAM is overcommitted by design.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                padded,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let start = raw as usize;
-        let aligned = start.next_multiple_of(HUGE_PAGE);
-        let head = aligned - start;
-        let tail = padded - head - len;
-        // SAFETY: both ranges lie inside the mapping just made and are not used by anyone.
-        unsafe {
-            if head > 0 {
-                libc::munmap(raw, head);
-            }
-            if tail > 0 {
-                libc::munmap((aligned + len) as *mut libc::c_void, tail);
-            }
-        }
-        let base = NonNull::new(aligned as *mut u8)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(HostMapping { base, len })
-    }
-
-    fn advise(&self, mergeable: bool) -> Result<(), MemoryError> {
-        // Guest RAM has no business in a core dump of the VMM (size, and tenant data).
-        self.madvise(0, self.len, libc::MADV_DONTDUMP)?;
-        if mergeable {
-            // EINVAL means a kernel without KSM: sharing is then simply off.
-            match self.madvise(0, self.len, libc::MADV_MERGEABLE) {
-                Err(MemoryError::Madvise(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    log::warn!("KSM is not available on this host; guest pages will not be shared");
-                }
-                other => other?,
-            }
-        }
-        Ok(())
-    }
-
-    fn madvise(&self, offset: usize, len: usize, advice: libc::c_int) -> Result<(), MemoryError> {
-        debug_assert!(offset + len <= self.len);
-        // SAFETY: the range lies inside our own mapping (checked by callers); madvise does
-        // not invalidate Rust references (the guest memory is only reached through volatile
-        // accessors).
-        let rc = unsafe {
-            libc::madvise(
-                self.base.as_ptr().add(offset) as *mut libc::c_void,
-                len,
-                advice,
-            )
-        };
-        if rc != 0 {
-            return Err(MemoryError::Madvise(io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    fn resident_bytes(&self) -> io::Result<u64> {
-        const CHUNK_PAGES: usize = 64 * 1024;
-        let pages = self.len / PAGE_SIZE as usize;
-        let mut vec = vec![0u8; CHUNK_PAGES.min(pages)];
-        let mut resident = 0u64;
-        let mut page = 0;
-        while page < pages {
-            let n = CHUNK_PAGES.min(pages - page);
-            // SAFETY: the range is inside our mapping and `vec` holds at least `n` bytes.
-            let rc = unsafe {
-                libc::mincore(
-                    self.base.as_ptr().add(page * PAGE_SIZE as usize) as *mut libc::c_void,
-                    n * PAGE_SIZE as usize,
-                    vec.as_mut_ptr(),
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            resident += vec[..n].iter().filter(|b| *b & 1 != 0).count() as u64;
-            page += n;
-        }
-        Ok(resident * PAGE_SIZE)
-    }
-}
-
-impl Drop for HostMapping {
-    fn drop(&mut self) {
-        // SAFETY: we own this mapping and nothing refers to it any more (see `Inner`).
-        unsafe {
-            libc::munmap(self.base.as_ptr() as *mut libc::c_void, self.len);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -356,6 +346,49 @@ mod tests {
         assert!(ram.discard(16 << 20, 4096).is_err());
         assert!(ram.discard((16 << 20) - 4096, 8192).is_err());
         assert!(ram.discard(0, 0).is_err());
+    }
+
+    #[test]
+    fn page_numbers_span_the_mmio_hole() {
+        let ram = GuestRam::new(64 << 20, RamOptions::default()).expect("map");
+        assert_eq!(ram.pages(), (64 << 20) / PAGE_SIZE);
+        assert_eq!(ram.page_gpa(1), Some(PAGE_SIZE));
+        assert_eq!(ram.page_gpa(ram.pages()), None);
+        let regions = split_around_hole(5 << 30);
+        let hole_page = MMIO_HOLE_START / PAGE_SIZE;
+        assert_eq!(regions[1].host_offset / PAGE_SIZE, hole_page);
+    }
+
+    #[test]
+    fn pageout_and_cold_go_through_release() {
+        let ram = GuestRam::new(8 << 20, RamOptions { mergeable: false }).expect("map");
+        ram.memory()
+            .write_slice(&[7u8; 8192], GuestAddress(0))
+            .expect("write");
+        let mut map = [0u8; 2];
+        ram.resident_map(0, &mut map).expect("mincore");
+        assert_eq!(map.map(|b| b & 1), [1, 1]);
+        // Without host swap a page-out is a no-op, with swap it leaves RAM: either way the
+        // data must survive.
+        ram.release_pages(0, 2, Release::PageOut).expect("pageout");
+        ram.release_pages(0, 2, Release::Cold).expect("cold");
+        let mut page = [0u8; PAGE_SIZE as usize];
+        ram.read_page(1, &mut page).expect("read");
+        assert!(page.iter().all(|b| *b == 7));
+        assert!(ram
+            .release_pages(ram.pages() - 1, 2, Release::Cold)
+            .is_err());
+        assert!(ram.release_pages(0, 0, Release::Cold).is_err());
+    }
+
+    #[test]
+    fn mergeable_can_be_switched() {
+        let ram = GuestRam::new(8 << 20, RamOptions { mergeable: false }).expect("map");
+        assert!(!ram.mergeable());
+        let on = ram.set_mergeable(true).expect("madvise");
+        assert_eq!(ram.mergeable(), on);
+        assert!(!ram.set_mergeable(false).expect("madvise"));
+        assert!(!ram.mergeable());
     }
 
     #[test]

@@ -1,0 +1,290 @@
+//! What the VMM measures of guest memory and the reclaim it offers (issue 6, VMM half):
+//! working-set sampling with KVM's dirty log separates a busy guest from an idle one; KSM
+//! merges identical guests' pages and the VMM reports it per VM, with a shareable estimate;
+//! hypervisor-level reclaim pages an idle guest out to zram swap and the guest lives on.
+//!
+//! The KSM and reclaim tests change the host (KSM's knobs, a zram swap device): root only,
+//! like net.rs and vsock.rs; both put things back as they found them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use skiff_api::control::VmStats;
+use skiff_api::memory::ReclaimReport;
+use skiff_e2e::{ctl, GuestSpec, TestEnv, Vm, Vmm};
+
+const MIB: u64 = 1 << 20;
+
+fn stats(socket: &Path) -> VmStats {
+    let (ok, text) = ctl(socket, &["stats"]);
+    assert!(ok, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A 256 MiB, 1-vCPU Skiff guest with a control socket, sampling every `period` seconds.
+fn guest(name: &str, period_secs: u32, cmd: &str) -> (Vm, PathBuf) {
+    let socket = TestEnv::get().scratch(&format!("{name}.sock"));
+    let vm = GuestSpec::new(Vmm::Skiff)
+        .memory_mib(256)
+        .vmm_arg("--control-socket")
+        .vmm_arg(&socket)
+        .vmm_arg("--sampling-period")
+        .vmm_arg(period_secs.to_string())
+        .vmm_arg("--sampling-pages")
+        .vmm_arg("200")
+        .cmd(cmd)
+        .timeout(Duration::from_secs(400))
+        .spawn()
+        .expect("spawn");
+    (vm, socket)
+}
+
+/// Polls the VM's stats until `done` or `timeout`.
+fn wait_stats(socket: &Path, timeout: Duration, done: impl Fn(&VmStats) -> bool) -> VmStats {
+    let start = Instant::now();
+    loop {
+        let s = stats(socket);
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "gave up after {timeout:?}: {s:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn periods(s: &VmStats) -> u64 {
+    s.working_set.as_ref().map_or(0, |w| w.periods)
+}
+
+fn active(s: &VmStats) -> f64 {
+    s.working_set.as_ref().map_or(-1.0, |w| w.active_fraction)
+}
+
+#[test]
+fn working_set_sampling_tells_a_busy_guest_from_an_idle_one() {
+    let (mut busy, busy_sock) = guest(
+        "ws-busy",
+        2,
+        "skiff-guest-tool membench 128 --seconds 300 --interval 2",
+    );
+    let (mut idle, idle_sock) = guest("ws-idle", 2, "echo P-READY; sleep 300");
+    idle.wait_for("P-READY", Duration::from_secs(120))
+        .expect("idle guest boots");
+    // membench fills its 128 MiB first (slow in the emulated host), then reports progress
+    // while it writes random lines of it: from then on, the guest is busy.
+    busy.wait_for("progress", Duration::from_secs(180))
+        .expect("busy guest runs membench");
+    // Periods that started during boot count too: wait for 6 that did not.
+    let busy_start = periods(&stats(&busy_sock));
+    let idle_start = periods(&stats(&idle_sock));
+    let timeout = Duration::from_secs(120);
+    let b = wait_stats(&busy_sock, timeout, |s| periods(s) >= busy_start + 6);
+    let i = wait_stats(&idle_sock, timeout, |s| periods(s) >= idle_start + 6);
+    let (fb, fi) = (active(&b), active(&i));
+    let recent = |s: &VmStats| s.working_set.as_ref().map(|w| w.recent.clone());
+    eprintln!(
+        "working set: busy f={fb:.3} {:?}\n             idle f={fi:.3} {:?}",
+        recent(&b),
+        recent(&i)
+    );
+    let ws = b.working_set.as_ref().expect("sampling on");
+    assert!(
+        ws.dirty_logging && ws.pages == 200 && ws.period_secs == 2,
+        "{ws:?}"
+    );
+    // The busy guest writes 128 of its 256 MiB all the time: about half its pages.
+    assert!(fb >= 0.3, "busy guest's active fraction {fb}: {b:#?}");
+    assert!(fi <= 0.1, "idle guest's active fraction {fi}: {i:#?}");
+    assert!(fb >= 4.0 * fi, "busy {fb} vs idle {fi}");
+
+    // Sampling can be reconfigured, and turned off (which also ends dirty logging).
+    let (ok, text) = ctl(&idle_sock, &["sampling", "--pages", "0"]);
+    assert!(!ok && text.contains("pages"), "{text}");
+    let (ok, text) = ctl(&idle_sock, &["sampling", "--period", "0"]);
+    assert!(ok, "{text}");
+    let off = stats(&idle_sock);
+    assert!(
+        !off.working_set.as_ref().expect("sampling").dirty_logging,
+        "{off:#?}"
+    );
+    let (ok, text) = ctl(&idle_sock, &["sampling", "--period", "1", "--pages", "50"]);
+    assert!(ok, "{text}");
+    let on = stats(&idle_sock);
+    let ws = on.working_set.as_ref().expect("sampling");
+    assert!(
+        ws.dirty_logging && ws.period_secs == 1 && ws.pages == 50,
+        "{ws:?}"
+    );
+    // The guest is unharmed by dirty logging going off and on.
+    idle.send_line("echo P-STILL-HERE").expect("console");
+    idle.wait_for("P-STILL-HERE", Duration::from_secs(30))
+        .expect("idle guest answers");
+}
+
+/// Sets a file under /sys, returning what it held.
+fn set_sys(path: &str, value: &str) -> String {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    std::fs::write(path, value).unwrap_or_else(|e| panic!("{path} <- {value}: {e}"));
+    old.trim().to_string()
+}
+
+/// KSM on and scanning fast for a test; its old settings back on drop.
+struct FastKsm(Vec<(&'static str, String)>);
+
+impl FastKsm {
+    fn start() -> Self {
+        let mut old = Vec::new();
+        for (knob, value) in [
+            ("pages_to_scan", "4000"),
+            ("sleep_millisecs", "10"),
+            ("run", "1"),
+        ] {
+            old.push((knob, set_sys(&format!("/sys/kernel/mm/ksm/{knob}"), value)));
+        }
+        FastKsm(old)
+    }
+}
+
+impl Drop for FastKsm {
+    fn drop(&mut self) {
+        for (knob, value) in self.0.iter().rev() {
+            let _ = std::fs::write(format!("/sys/kernel/mm/ksm/{knob}"), value);
+        }
+    }
+}
+
+fn merging_pages(s: &VmStats) -> u64 {
+    s.sharing.ksm.merging_pages.unwrap_or(0)
+}
+
+#[test]
+fn ksm_merges_identical_guests_and_the_vmm_reports_it() {
+    let _ksm = FastKsm::start();
+    // Two identical guests, each holding 64 MiB of pages identical to each other's.
+    let cmd = "skiff-guest-tool hold 64 --same; echo P-HELD; sleep 300";
+    let (mut a, a_sock) = guest("ksm-a", 30, cmd);
+    let (mut b, b_sock) = guest("ksm-b", 30, cmd);
+    for vm in [&mut a, &mut b] {
+        vm.wait_for("held_mib=64", Duration::from_secs(120))
+            .expect("guest holds 64 MiB");
+    }
+    let timeout = Duration::from_secs(180);
+    let sa = wait_stats(&a_sock, timeout, |s| merging_pages(s) >= 4096);
+    let sb = wait_stats(&b_sock, timeout, |s| merging_pages(s) >= 4096);
+    eprintln!(
+        "KSM: a merging {} pages, b merging {} pages; a {:?}; estimate {:?}",
+        merging_pages(&sa),
+        merging_pages(&sb),
+        sa.sharing.ksm,
+        sa.sharing.estimate
+    );
+    assert!(sa.sharing.mergeable && sb.sharing.mergeable);
+    assert!(
+        sa.sharing.ksm.rmap_items.unwrap_or(0) > 0,
+        "{:?}",
+        sa.sharing
+    );
+    // A quarter of each guest's memory is one repeated page: the sample must see it.
+    let estimate = sa.sharing.estimate.clone().expect("estimate");
+    assert!(
+        estimate.duplicate > 0 && estimate.fraction > 0.1,
+        "{estimate:?}"
+    );
+
+    // Sharing off for one VM: its pages are copied back at once; KSM's counters follow
+    // when ksmd next scans.
+    let (ok, text) = ctl(&b_sock, &["page-sharing", "off"]);
+    assert!(ok, "{text}");
+    assert!(!stats(&b_sock).sharing.mergeable);
+    wait_stats(&b_sock, Duration::from_secs(60), |s| merging_pages(s) == 0);
+    b.send_line("echo P-B-ALIVE").expect("console");
+    b.wait_for("P-B-ALIVE", Duration::from_secs(30))
+        .expect("guest b answers");
+}
+
+/// A zram swap device for a test; swapped off and reset on drop.
+struct ZramSwap;
+
+const ZRAM: &str = "/sys/block/zram0";
+
+impl ZramSwap {
+    fn start(size_mib: u64) -> Self {
+        assert!(
+            Path::new(ZRAM).exists(),
+            "no /dev/zram0: the host needs the zram module (the emulated host loads it)"
+        );
+        std::fs::write(format!("{ZRAM}/disksize"), format!("{size_mib}M")).expect("disksize");
+        run("mkswap", &["/dev/zram0"]);
+        run("swapon", &["/dev/zram0"]);
+        ZramSwap
+    }
+}
+
+impl Drop for ZramSwap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("swapoff")
+            .arg("/dev/zram0")
+            .status();
+        let _ = std::fs::write(format!("{ZRAM}/reset"), "1");
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn reclaim_pages_an_idle_guest_out_to_zram() {
+    let _swap = ZramSwap::start(512);
+    let (mut vm, socket) = guest(
+        "reclaim",
+        1,
+        "skiff-guest-tool hold 128 & read x; \
+         skiff-guest-tool touch 32 && skiff-guest-tool meminfo && echo P-ALIVE && kill $!",
+    );
+    vm.wait_for("held_mib=128", Duration::from_secs(120))
+        .expect("guest holds 128 MiB");
+    // A few periods so the sample knows which pages the (idle) guest writes.
+    let start = periods(&stats(&socket));
+    wait_stats(&socket, Duration::from_secs(60), |s| {
+        periods(s) >= start + 3
+    });
+
+    let rss_before = vm.rss_kib().expect("VmRSS") * 1024;
+    let (ok, text) = ctl(&socket, &["reclaim", "96"]);
+    assert!(ok, "{text}");
+    let report: ReclaimReport =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let rss_after = vm.rss_kib().expect("VmRSS") * 1024;
+    eprintln!(
+        "reclaim 96 MiB: VmRSS {} -> {} MiB; {report:?}",
+        rss_before / MIB,
+        rss_after / MIB
+    );
+    assert!(report.reclaimed_bytes >= 80 * MIB, "{report:?}");
+    assert!(
+        rss_before.saturating_sub(rss_after) >= 72 * MIB,
+        "VmRSS {rss_before} -> {rss_after}: {report:?}"
+    );
+    let s = stats(&socket);
+    assert_eq!(s.reclaim.requests, 1);
+    assert_eq!(s.reclaim.reclaimed_bytes, report.reclaimed_bytes);
+
+    // The guest works on, faulting its pages back in from zram as it needs them.
+    vm.send_line("go").expect("console");
+    vm.wait_for("P-ALIVE", Duration::from_secs(120))
+        .expect("guest allocates and answers after reclaim");
+    let out = vm.wait(Duration::from_secs(60)).expect("guest ends");
+    assert_eq!(out.guest_status, Some(0), "{out}");
+}
