@@ -56,6 +56,16 @@ struct Config {
     vmm: Vmm,
 }
 
+impl Config {
+    /// A short name for file names.
+    fn vmm_tag(&self) -> &'static str {
+        match self.vmm {
+            Vmm::Skiff => "skiff",
+            Vmm::Qemu => "qemu",
+        }
+    }
+}
+
 const CONFIGS: &[Config] = &[
     Config {
         name: "skiff",
@@ -196,13 +206,4 @@ pub fn bench(rounds: usize, report: &mut String) {
         failures[0],
         failures[1]
     );
-}
-
-impl Config {
-    fn vmm_tag(&self) -> &'static str {
-        match self.vmm {
-            Vmm::Skiff => "skiff",
-            Vmm::Qemu => "qemu",
-        }
-    }
 }
