@@ -15,6 +15,8 @@ mod daemon;
 mod harness;
 #[path = "e2e/memory.rs"]
 mod memory;
+#[path = "e2e/memory_manager.rs"]
+mod memory_manager;
 #[path = "e2e/net.rs"]
 mod net;
 #[path = "e2e/root.rs"]
