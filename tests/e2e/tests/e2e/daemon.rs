@@ -20,8 +20,9 @@ use skiff_host::{Client, Endpoint};
 const UPTIME_LOOP: &str = "while true; do echo UPTIME $(cut -d' ' -f1 /proc/uptime); sleep 1; done";
 const TOKEN: &str = "e2e-token-0123456789abcdef";
 
-/// `skiff host` in a scratch directory, stopped with every VM it knows when dropped.
-struct Daemon {
+/// `skiff host` in a scratch directory, stopped with every VM it knows when dropped (other
+/// feature tests use it too).
+pub(crate) struct Daemon {
     dir: PathBuf,
     socket: PathBuf,
     child: Option<Child>,
@@ -30,6 +31,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, tcp: Option<&str>) -> Daemon {
+        Daemon::start_with(dir, tcp, &[])
+    }
+
+    /// With `extra` arguments for `skiff host`.
+    pub(crate) fn start_with(dir: &Path, tcp: Option<&str>, extra: &[&str]) -> Daemon {
         std::fs::create_dir_all(dir).expect("scratch dir");
         let socket = dir.join("api.sock");
         let log = std::fs::OpenOptions::new()
@@ -45,6 +51,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(["--stop-timeout", "5"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log));
@@ -83,11 +90,11 @@ impl Daemon {
         daemon
     }
 
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(Endpoint::Unix(self.socket.clone()), None)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
@@ -121,7 +128,7 @@ impl Daemon {
         stdout
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+    pub(crate) fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let r = self
             .client()
             .blocking("GET", path, None)
