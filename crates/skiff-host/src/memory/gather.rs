@@ -3,14 +3,14 @@
 
 use skiff_api::control::VmStats;
 use skiff_api::{MemorySpec, DEFAULT_SHARES};
-use skiff_mem_policy::{BalloonInput, HostInput, VmInput};
+use skiff_mem_policy::{active_fraction_of_resident, BalloonInput, HostInput, VmInput, PAGE_SIZE};
 
 /// Guest statistics older than this say nothing about the guest now (a guest that stopped
 /// sending them is hung or busy beyond answering).
 const STALE_GUEST_STATS_MS: u64 = 30_000;
 
-/// The policy's view of one VM. Working-set and page-sharing figures come from the VMM as it
-/// reports them; until it does, the VM counts as fully active and sharing nothing.
+/// The policy's view of one VM. Until its VMM has finished a working-set period the VM counts
+/// as fully active; without KSM counters, as sharing nothing.
 pub(super) fn vm_input(
     name: &str,
     memory: &MemorySpec,
@@ -33,9 +33,40 @@ pub(super) fn vm_input(
         overhead_bytes: stats
             .vmm_rss_bytes
             .saturating_sub(stats.guest_resident_bytes),
+        // The VMM samples over all of guest RAM; the policy wants f of resident memory.
+        active_fraction: stats
+            .working_set
+            .as_ref()
+            .filter(|w| w.dirty_logging && w.periods > 0)
+            .map(|w| {
+                active_fraction_of_resident(
+                    w.active_fraction,
+                    stats.memory_bytes,
+                    stats.guest_resident_bytes,
+                )
+            }),
+        shared_bytes: stats
+            .sharing
+            .ksm
+            .merging_pages
+            .map_or(0, |pages| pages.saturating_mul(PAGE_SIZE)),
         paused_by_policy,
         ..VmInput::new(name, min, max, memory.shares.unwrap_or(DEFAULT_SHARES))
     }
+}
+
+/// The VMMs' sampled estimates of shareable memory, weighted by their resident memory: the
+/// fraction of all their resident memory that is shareable. `None` without any estimate.
+pub(super) fn shareable_fraction(stats: &[&VmStats]) -> Option<f64> {
+    let (shareable, resident) = stats
+        .iter()
+        .filter_map(|s| {
+            let estimate = s.sharing.estimate.as_ref()?;
+            let resident = s.guest_resident_bytes as f64;
+            Some((estimate.fraction.clamp(0.0, 1.0) * resident, resident))
+        })
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    (resident > 0.0).then(|| shareable / resident)
 }
 
 /// The host: free memory is what the budget has left after the VMs (guest memory and
@@ -62,6 +93,7 @@ mod tests {
     use super::*;
     use skiff_api::balloon::{BalloonStats, GuestMemoryStats};
     use skiff_api::control::RunState;
+    use skiff_api::memory::{ShareableEstimate, WorkingSetStats};
     use skiff_api::ByteSize;
 
     const MIB: u64 = 1 << 20;
@@ -113,6 +145,56 @@ mod tests {
         );
         assert!(vm.paused_by_policy);
         assert_eq!(vm.active_fraction, None);
+        assert_eq!(vm.shared_bytes, 0);
+    }
+
+    #[test]
+    fn working_set_and_sharing_figures_from_the_vmm() {
+        let mut s = stats();
+        s.working_set = Some(WorkingSetStats {
+            dirty_logging: true,
+            periods: 3,
+            active_fraction: 0.15,
+            ..WorkingSetStats::default()
+        });
+        s.sharing.ksm.merging_pages = Some(256);
+        let vm = vm_input(
+            "a",
+            &MemorySpec::of_size(ByteSize::from_mib(512)),
+            &s,
+            false,
+        );
+        // 15 % of 512 MiB written: 76.8 MiB of the 300 MiB resident
+        let f = vm.active_fraction.expect("measured");
+        assert!((f - 0.256).abs() < 1e-9, "{f}");
+        assert_eq!(vm.shared_bytes, MIB);
+        // no finished period yet: unmeasured
+        if let Some(w) = s.working_set.as_mut() {
+            w.periods = 0;
+        }
+        let vm = vm_input(
+            "a",
+            &MemorySpec::of_size(ByteSize::from_mib(512)),
+            &s,
+            false,
+        );
+        assert_eq!(vm.active_fraction, None);
+    }
+
+    #[test]
+    fn shareable_estimates_weigh_by_resident_memory() {
+        let estimate = |fraction| ShareableEstimate {
+            fraction,
+            ..ShareableEstimate::default()
+        };
+        let (mut a, mut b, none) = (stats(), stats(), stats());
+        a.sharing.estimate = Some(estimate(0.6));
+        b.sharing.estimate = Some(estimate(0.2));
+        b.guest_resident_bytes = 100 * MIB;
+        // (0.6 × 300 + 0.2 × 100) / 400
+        let f = shareable_fraction(&[&a, &b, &none]).expect("estimates");
+        assert!((f - 0.5).abs() < 1e-9, "{f}");
+        assert_eq!(shareable_fraction(&[&none]), None);
     }
 
     #[test]

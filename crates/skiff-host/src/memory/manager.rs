@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use skiff_api::control::{ControlRequest, ControlResponse};
+use skiff_api::memory::ReclaimMode;
 use skiff_mem_policy::{Action, HostInput, KsmTuning, MemoryPolicy, Plan, VmInput, PAGE_SIZE};
 
 use super::config::MemoryConfig;
@@ -78,9 +80,8 @@ impl Manager {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let field = |name| process::meminfo_bytes(&meminfo, name).unwrap_or(0);
         let budget = self.config.budget(field("MemTotal"));
-        // The VMM has no request for hypervisor-level reclaim yet: the policy gets no swap to
-        // page out to, so it never counts on it (nor pauses a VM nothing could shrink).
-        let host_input = gather::host_input(budget, &inputs, field("MemAvailable"), 0);
+        let host_input =
+            gather::host_input(budget, &inputs, field("MemAvailable"), field("SwapFree"));
         let before = policy.state();
         let plan = match policy.plan(&host_input, &inputs) {
             Ok(plan) => plan,
@@ -102,26 +103,45 @@ impl Manager {
             self.carry_out(host, &vms, &name, step).await;
         }
         let (mut host_status, vm_status) = status(&plan, &inputs, &host_input, &self.paused);
-        host_status.swap_free_bytes = field("SwapFree");
         let mergeable: u64 = inputs.iter().map(|vm| vm.allocated_bytes / PAGE_SIZE).sum();
-        host_status.ksm = self.ksm.period(super::SAMPLE_PERIOD, mergeable, None);
+        let stats: Vec<_> = vms.iter().filter_map(|vm| vm.stats.as_ref()).collect();
+        let shareable = gather::shareable_fraction(&stats);
+        host_status.ksm = self.ksm.period(super::SAMPLE_PERIOD, mergeable, shareable);
         host.record_memory(host_status, vm_status);
     }
 
     async fn carry_out(&mut self, host: &Host, vms: &[VmInfo], name: &str, step: Step) {
         match step {
             Step::Balloon { target_mib } => {
-                let client = host.running_vmms().into_iter().find(|(n, _)| n == name);
-                if let Some((_, client)) = client {
+                if let Some(client) = client_of(host, name) {
                     if let Err(e) = client.balloon(target_mib).await {
                         log::warn!("{name}: balloon to {target_mib} MiB: {e}");
                     }
                 }
             }
             Step::Reclaim { bytes } => {
-                // The VMM has no request for hypervisor-level reclaim yet: the wish is shown
-                // in the VM's memory status (`reclaim_wanted_bytes`).
-                log::debug!("{name}: would page out {} MiB", bytes / MIB);
+                let Some(client) = client_of(host, name) else {
+                    return;
+                };
+                let request = ControlRequest::Reclaim {
+                    bytes,
+                    mode: ReclaimMode::Pageout,
+                };
+                match client.request(&request).await {
+                    Ok(ControlResponse::Ok {
+                        reclaim: Some(report),
+                        ..
+                    }) => log::info!(
+                        "{name}: paged out {} of {} MiB asked",
+                        report.reclaimed_bytes / MIB,
+                        bytes / MIB
+                    ),
+                    Ok(ControlResponse::Error { message }) => {
+                        log::warn!("{name}: reclaim refused: {message}")
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("{name}: reclaim: {e}"),
+                }
             }
             Step::Pause => {
                 // A VM paused by hand stays so; it is not ours to resume later.
@@ -147,6 +167,13 @@ impl Manager {
             },
         }
     }
+}
+
+fn client_of(host: &Host, name: &str) -> Option<crate::vmm::VmmClient> {
+    host.running_vmms()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, client)| client)
 }
 
 /// The plan's actions as requests, in the plan's order. A balloon size is rounded *down* to
