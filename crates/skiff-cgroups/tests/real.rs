@@ -4,7 +4,8 @@
 //!
 //! On the development machines this runs on cgroup v1 (cpu, cpuacct and memory mounted
 //! separately) and, for moving and removing processes, on the controller-less cgroup2 tree
-//! beside them. The e2e tests exercise v2 with controllers inside the emulated host.
+//! beside them. The e2e executable includes this file too (`cgroups_real`), so the same
+//! tests run on v2 with its controllers inside the emulated host.
 
 #![allow(clippy::unwrap_used)]
 
@@ -138,7 +139,7 @@ impl ChildProcess {
     fn start(mode: &str) -> ChildProcess {
         let exe = std::env::current_exe().expect("own executable");
         let mut child = Command::new(exe)
-            .args(["child_process", "--exact", "--ignored", "--nocapture"])
+            .args([&child_test_name(), "--exact", "--ignored", "--nocapture"])
             .env(CHILD_ENV, mode)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -179,9 +180,19 @@ fn wait_for_line(stdout: &mut BufReader<ChildStdout>, want: &str) {
         line.clear();
         let n = stdout.read_line(&mut line).expect("child output");
         assert!(n > 0, "the child ended before printing {want}");
-        if line.trim() == want {
+        // With one test thread, libtest prints the test's name first, without a newline.
+        if line.trim_end().ends_with(want) {
             return;
         }
+    }
+}
+
+/// The full name of [`child_process`] in whichever test executable includes this file: the
+/// module path without the crate's name (`real` here, `e2e::cgroups_real` in the e2e tests).
+fn child_test_name() -> String {
+    match module_path!().split_once("::") {
+        Some((_crate, module)) => format!("{module}::child_process"),
+        None => "child_process".to_string(),
     }
 }
 
@@ -326,7 +337,7 @@ fn settings_reach_the_kernel() {
     group.set_cpu_shares(2048).expect("shares");
     let again = Cgroup::create(&h, &test.parent, "vm").expect("re-create");
     assert_eq!(&again, group);
-    let cpu_file = |file: &str| -> String {
+    let interface_file = |file: &str| -> String {
         let dir = group
             .distinct_dirs()
             .into_iter()
@@ -344,7 +355,7 @@ fn settings_reach_the_kernel() {
         "cpu.shares"
     };
     let want = if h.version() == "v2" { "200" } else { "2048" };
-    assert_eq!(cpu_file(weight_file), want);
+    assert_eq!(interface_file(weight_file), want);
 
     let quota = CpuQuota::from_cpus(0.5).expect("quota");
     group.set_cpu_quota(Some(quota)).expect("set quota");
@@ -361,6 +372,12 @@ fn settings_reach_the_kernel() {
     }
     group.set_memory_limit(Some(64 * MIB)).expect("limit");
     assert_eq!(group.memory_limit().expect("read limit"), Some(64 * MIB));
+    if h.version() == "v2" {
+        group.set_memory_high(Some(48 * MIB)).expect("memory.high");
+        assert_eq!(interface_file("memory.high"), (48 * MIB).to_string());
+        group.set_memory_high(None).expect("memory.high max");
+        assert_eq!(interface_file("memory.high"), "max");
+    }
     match group.set_swap_limit(Some(16 * MIB)) {
         Ok(()) => {
             group

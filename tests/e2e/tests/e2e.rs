@@ -9,6 +9,9 @@ mod block;
 mod boot;
 #[path = "e2e/cgroups.rs"]
 mod cgroups;
+/// skiff-cgroups' tests against the kernel, here run on the emulated host's cgroup v2.
+#[path = "../../../crates/skiff-cgroups/tests/real.rs"]
+mod cgroups_real;
 #[path = "e2e/daemon.rs"]
 mod daemon;
 #[path = "e2e/harness.rs"]

@@ -5,9 +5,8 @@
 //! against this machine's kernel by crates/skiff-cgroups/tests/real.rs, and docs/cgroups.md
 //! has a run of these tests on v1.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use skiff_cgroups::{Cgroup, CpuStat, Hierarchy};
@@ -110,10 +109,11 @@ fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// `skiff host` in a scratch directory, driven through the `skiff vm` CLI. Dropping it kills
-/// its VMs' processes (they run in their own sessions, outliving the daemon) and the daemon.
+/// `skiff host` in a scratch directory, driven through the `skiff vm` CLI; the harness
+/// runs it as it runs a VMM (killed on drop, its output kept). Dropping it also kills its
+/// VMs' processes: they run in their own sessions, outliving the daemon.
 struct Daemon {
-    child: Child,
+    _process: Vm,
     dir: PathBuf,
     vms: Vec<String>,
 }
@@ -129,20 +129,9 @@ impl Daemon {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .arg("--socket")
-            .arg(dir.join("api.sock"))
-            .stdin(Stdio::null());
-        // SAFETY: prctl is async-signal-safe and touches no parent memory.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start skiff host");
+            .arg(dir.join("api.sock"));
         let daemon = Daemon {
-            child,
+            _process: Vm::spawn_command(cmd).expect("start skiff host"),
             dir,
             vms: Vec::new(),
         };
@@ -199,8 +188,6 @@ impl Drop for Daemon {
                 }
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
