@@ -31,6 +31,10 @@ pub const GUEST_MODULES: &[&str] = &[
     // pvpanic tells the VMM that the guest panicked (ACPI QEMU0001 device).
     "pvpanic",
     "pvpanic-mmio",
+    // The ACPI power button (the VMM's GED) as an input device, for acpid in guests that
+    // shut down when the host daemon stops them gracefully.
+    "button",
+    "evdev",
 ];
 
 /// The name of the in-guest helper crate and binary.

@@ -15,6 +15,8 @@ pub enum ControlRequest {
     Resume,
     /// End the VM now, as if its power were cut.
     Stop,
+    /// Press the ACPI power button: a guest that handles it shuts down (a graceful stop).
+    PowerButton,
     /// Set the balloon's size: memory taken from the guest (0 deflates it completely).
     Balloon {
         target_mib: u64,
@@ -110,6 +112,9 @@ mod tests {
     fn wire_format_is_tagged_json() {
         let req: ControlRequest = serde_json::from_str(r#"{"command":"pause"}"#).expect("parse");
         assert_eq!(req, ControlRequest::Pause);
+        let req: ControlRequest =
+            serde_json::from_str(r#"{"command":"power_button"}"#).expect("parse");
+        assert_eq!(req, ControlRequest::PowerButton);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"command":"fly"}"#).is_err());
         let req: ControlRequest =
             serde_json::from_str(r#"{"command":"balloon","target_mib":256}"#).expect("parse");

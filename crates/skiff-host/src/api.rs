@@ -57,6 +57,8 @@ struct CreateQuery {
 #[serde(deny_unknown_fields)]
 struct StopQuery {
     timeout_secs: Option<u64>,
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -124,8 +126,9 @@ async fn stop(
     Path(name): Path<String>,
     q: Result<Query<StopQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let timeout = query(q)?.timeout_secs.map(Duration::from_secs);
-    Ok(Json(host.stop(&name, timeout).await?))
+    let q = query(q)?;
+    let timeout = q.timeout_secs.map(Duration::from_secs);
+    Ok(Json(host.stop(&name, timeout, q.force).await?))
 }
 
 async fn pause(State(host): State<Host>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {

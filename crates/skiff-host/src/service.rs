@@ -25,6 +25,8 @@ use crate::vmm::{self, VmmClient};
 const RECENT_EVENTS: usize = 1000;
 /// How often a starting VMM's control socket is tried.
 const READY_POLL: Duration = Duration::from_millis(100);
+/// After a control `stop`, how long the VMM gets to end before it is killed.
+const POWER_CUT_GRACE: Duration = Duration::from_secs(5);
 /// After a forced kill, how long the kernel gets to end the process.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -478,8 +480,15 @@ impl Host {
         log::warn!("{name}: the VMM's control socket did not answer in time");
     }
 
-    /// Stops the VM: the VMM is asked to stop, then killed if it has not ended in time.
-    pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<VmInfo, HostError> {
+    /// Stops the VM. Gracefully: the guest's ACPI power button is pressed and the guest gets
+    /// `timeout` to shut down. Then (or at once with `force`) the VMM is told to stop, as if
+    /// its power were cut, and killed if even that does not end it.
+    pub async fn stop(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        force: bool,
+    ) -> Result<VmInfo, HostError> {
         let waiting = self.with_vm(name, |e| {
             e.record.desired = Desired::Stopped;
             if !e.record.state.has_process() {
@@ -497,24 +506,26 @@ impl Host {
         let Some((client, mut state)) = waiting else {
             return self.with_vm(name, |e| Ok(e.info(name)));
         };
-        if let Err(e) = client.command(ControlRequest::Stop).await {
-            log::info!("{name}: stop request not answered ({e}); will kill the VMM");
+        let mut ended = async |within: Duration| {
+            tokio::time::timeout(within, state.wait_for(|s| !s.has_process()))
+                .await
+                .is_ok()
+        };
+        if !force {
+            let timeout = timeout.unwrap_or(self.inner.config.stop_timeout);
+            match client.command(ControlRequest::PowerButton).await {
+                Ok(()) if ended(timeout).await => return self.with_vm(name, |e| Ok(e.info(name))),
+                Ok(()) => log::info!("{name}: guest did not shut down within {timeout:?}"),
+                Err(e) => log::info!("{name}: power button not pressed: {e}"),
+            }
         }
-        let timeout = timeout.unwrap_or(self.inner.config.stop_timeout);
-        let ended = |s: &VmState| !s.has_process();
-        if tokio::time::timeout(timeout, state.wait_for(ended))
-            .await
-            .is_err()
-        {
-            let pidfd = self.with_vm(name, |e| Ok(e.pidfd.clone()))?;
-            if let Some(pidfd) = pidfd {
-                log::warn!("{name}: VMM did not stop within {timeout:?}; killing it");
+        let power_cut = client.command(ControlRequest::Stop).await.is_ok();
+        if !(power_cut && ended(POWER_CUT_GRACE).await) {
+            if let Some(pidfd) = self.with_vm(name, |e| Ok(e.pidfd.clone()))? {
+                log::warn!("{name}: killing its VMM");
                 let _ = pidfd.signal(libc::SIGKILL);
             }
-            if tokio::time::timeout(KILL_GRACE, state.wait_for(ended))
-                .await
-                .is_err()
-            {
+            if !ended(KILL_GRACE).await {
                 return Err(HostError::Conflict(format!(
                     "VM `{name}`: its VMM did not end even when killed"
                 )));
@@ -597,7 +608,7 @@ impl Host {
                 self.event(name, EventKind::Deleted, "deleted");
                 return Ok(());
             }
-            self.stop(name, None).await?;
+            self.stop(name, None, true).await?;
         }
         Err(HostError::Conflict(format!(
             "VM `{name}` keeps being started; not deleted"

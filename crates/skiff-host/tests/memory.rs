@@ -125,7 +125,7 @@ async fn an_oversized_vm_is_asked_to_balloon_down() {
     assert_eq!(memory.min_bytes, 256 * MIB);
     assert_eq!(memory.allocated_bytes, 1000 * MIB);
 
-    host.stop("big", Some(Duration::from_millis(300)))
+    host.stop("big", Some(Duration::from_millis(300)), false)
         .await
         .expect("stop");
 }

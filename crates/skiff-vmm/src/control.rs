@@ -96,6 +96,10 @@ pub fn handle(request: ControlRequest, vm: &VmHandle) -> ControlResponse {
             Ok(()) => ControlResponse::ok(),
             Err(e) => ControlResponse::error(e.to_string()),
         },
+        ControlRequest::PowerButton => match vm.press_power_button() {
+            Ok(()) => ControlResponse::ok(),
+            Err(e) => ControlResponse::error(format!("cannot press the power button: {e}")),
+        },
         ControlRequest::Stop => {
             vm.stop(VmExit::Stopped);
             ControlResponse::ok()

@@ -11,6 +11,7 @@ use skiff_pci::msix::lock;
 use skiff_virtio::devices::balloon::{Balloon, BalloonError};
 
 use crate::cpu::run_control::{self, PauseError, Requested, RunControl};
+use crate::devices::power::PowerButton;
 use crate::exit::{ExitSender, VmExit};
 use crate::memory::dirty_log::{DirtyLogError, GuestSlots};
 use crate::memory::reclaim::{ReclaimError, Reclaimer};
@@ -35,6 +36,7 @@ struct Inner {
     vcpus: u32,
     balloon: Option<Arc<Mutex<Balloon>>>,
     memory: MemoryServices,
+    power_button: Arc<PowerButton>,
 }
 
 /// What the VMM measures of guest memory and the reclaim it offers, in one place.
@@ -112,6 +114,7 @@ impl VmHandle {
         vcpus: u32,
         balloon: Option<Arc<Mutex<Balloon>>>,
         memory: MemoryServices,
+        power_button: Arc<PowerButton>,
     ) -> Self {
         VmHandle {
             inner: Arc::new(Inner {
@@ -123,6 +126,7 @@ impl VmHandle {
                 vcpus,
                 balloon,
                 memory,
+                power_button,
             }),
         }
     }
@@ -153,6 +157,11 @@ impl VmHandle {
         if let Some(ws) = &self.inner.memory.working_set {
             ws.set_paused(false);
         }
+    }
+
+    /// Presses the ACPI power button: the guest's OS shuts down if it handles the button.
+    pub fn press_power_button(&self) -> io::Result<()> {
+        self.inner.power_button.press()
     }
 
     /// Ends the VM as if its power were cut.

@@ -47,6 +47,8 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
 pub const CMOS_PORT: u16 = 0x70;
 pub const CMOS_IRQ: u32 = 8;
+/// The ACPI Generic Event Device's interrupt: it signals the power button.
+pub const GED_IRQ: u32 = 5;
 /// pvpanic: the guest writes here when it panics (QEMU0001 in the DSDT).
 pub const PVPANIC_PORT: u16 = 0x505;
 /// PCI configuration mechanism #1 (0xCF8 address, 0xCFC data).

@@ -15,7 +15,7 @@ use crate::boot::{self, BootSpec};
 use crate::cpu::run_control::{self, RunControl};
 use crate::cpu::Vcpu;
 use crate::devices::cmos::Cmos;
-use crate::devices::power::{AcpiPowerRegisters, PvPanic};
+use crate::devices::power::{AcpiPowerRegisters, PowerButton, PvPanic};
 use crate::devices::serial::SerialDevice;
 use crate::devices::{EventFdTrigger, ExitTrigger, IoBus, Shared, I8042};
 use crate::exit::{ExitSender, VmExit};
@@ -23,8 +23,8 @@ use crate::handle::MemoryServices;
 use crate::handle::VmHandle;
 use crate::host;
 use crate::layout::{
-    ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_PORT, KVM_IDENTITY_MAP_ADDR,
-    KVM_TSS_ADDR, PVPANIC_PORT,
+    ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, COM1_IRQ, COM1_PORT, GED_IRQ, I8042_PORT,
+    KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, PVPANIC_PORT,
 };
 use crate::memory::dirty_log::GuestSlots;
 use crate::memory::{GuestRam, RamOptions};
@@ -100,6 +100,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     control: Arc<RunControl>,
     devices: PciDevices,
+    power_button: Arc<PowerButton>,
 }
 
 impl Vm {
@@ -152,7 +153,7 @@ impl Vm {
 
         phases.done("guest memory");
         let (exits, exit_rx) = ExitSender::channel();
-        let (mut io_bus, serial) = platform_devices(&vm_fd, &exits, console)?;
+        let (mut io_bus, serial, power_button) = platform_devices(&vm_fd, &exits, console)?;
         let mut mmio_bus = MmioBus::default();
         let devices = pci::attach(&vm_fd, &ram, &config.devices, &mut io_bus, &mut mmio_bus)?;
         let io_bus = Arc::new(io_bus);
@@ -196,6 +197,7 @@ impl Vm {
             vcpus,
             control,
             devices,
+            power_button,
         })
     }
 
@@ -230,6 +232,7 @@ impl Vm {
             vcpus,
             control,
             devices,
+            power_button,
             ..
         } = self;
         let vcpu_count = vcpus.len() as u32;
@@ -259,6 +262,7 @@ impl Vm {
                 vcpu_count,
                 devices.balloon.as_ref().map(|b| b.device.clone()),
                 memory,
+                power_button,
             ),
             devices,
         })
@@ -304,7 +308,12 @@ fn platform_devices(
     vm_fd: &VmFd,
     exits: &ExitSender,
     console: Box<dyn Write + Send>,
-) -> Result<(IoBus, Shared<SerialDevice>), VmmError> {
+) -> Result<(IoBus, Shared<SerialDevice>, Arc<PowerButton>), VmmError> {
+    let button_irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm_fd
+        .register_irqfd(&button_irq, GED_IRQ)
+        .map_err(VmmError::kvm("connect the power button's interrupt"))?;
+    let power_button = Arc::new(PowerButton::new(button_irq));
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     vm_fd
         .register_irqfd(&serial_irq, COM1_IRQ)
@@ -333,7 +342,7 @@ fn platform_devices(
         1,
         Arc::new(Mutex::new(PvPanic::new(exits.clone()))),
     )?;
-    Ok((bus, serial))
+    Ok((bus, serial, power_button))
 }
 
 /// Start-up phases with their durations, in the debug log (`SKIFF_LOG=debug`).

@@ -25,6 +25,8 @@ enum Action {
     Resume,
     /// End the VM now.
     Stop,
+    /// Press the ACPI power button (the guest shuts down if it handles it).
+    PowerButton,
     /// Set the balloon's size in MiB: memory taken from the guest (0 deflates it).
     Balloon {
         #[arg(value_name = "MIB")]
@@ -67,6 +69,7 @@ pub fn run(args: CtlArgs) -> Result<u8> {
         Action::Pause => ControlRequest::Pause,
         Action::Resume => ControlRequest::Resume,
         Action::Stop => ControlRequest::Stop,
+        Action::PowerButton => ControlRequest::PowerButton,
         Action::Balloon { target_mib } => ControlRequest::Balloon { target_mib },
         Action::Sampling { period, pages } => ControlRequest::Sampling {
             period_secs: period,

@@ -37,11 +37,16 @@ enum VmAction {
     Start {
         name: String,
     },
-    /// Stop a VM: its VMM is asked to stop, then killed after the timeout.
+    /// Stop a VM: the guest gets its power button pressed and the timeout to shut down,
+    /// then its power is cut.
     Stop {
         name: String,
+        /// Seconds the guest gets to shut down [default: the daemon's --stop-timeout].
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        /// Cut the power at once.
+        #[arg(long)]
+        force: bool,
     },
     Pause {
         name: String,
@@ -95,10 +100,23 @@ pub fn run(args: VmArgs) -> Result<u8> {
         VmAction::Start { name } => {
             print_state(call_json(&client, "POST", &vm_path(&name, "/start"), None)?)
         }
-        VmAction::Stop { name, timeout } => {
-            let query = timeout
-                .map(|t| format!("?timeout_secs={t}"))
-                .unwrap_or_default();
+        VmAction::Stop {
+            name,
+            timeout,
+            force,
+        } => {
+            let mut params = Vec::new();
+            if let Some(t) = timeout {
+                params.push(format!("timeout_secs={t}"));
+            }
+            if force {
+                params.push("force=true".to_string());
+            }
+            let query = if params.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", params.join("&"))
+            };
             print_state(call_json(
                 &client,
                 "POST",

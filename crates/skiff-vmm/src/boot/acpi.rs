@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
     ACPI_SLEEP_STATUS_PORT, ACPI_TABLES, ACPI_TABLES_END, CMOS_IRQ, CMOS_PORT, COM1_IRQ, COM1_PORT,
-    IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT,
+    GED_IRQ, IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT,
 };
 
 const OEM_ID: [u8; 6] = *b"SKIFF ";
@@ -134,10 +134,37 @@ fn dsdt() -> Sdt {
     let (com1, rtc, pvpanic) = (com1.aml(), rtc.aml(), pvpanic.aml());
     // The PCI host bridge and its ECAM reservation (crate::pci::acpi).
     let pci = RawAml(crate::pci::acpi::dsdt_devices());
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic, &pci]).to_aml_bytes(&mut body);
+    let power_button = power_button();
+    aml::Scope::new(
+        "\\_SB_".into(),
+        vec![&com1, &rtc, &pvpanic, &pci, &power_button],
+    )
+    .to_aml_bytes(&mut body);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt
+}
+
+/// The power button of a hardware-reduced machine (no fixed PM1 events): a Generic Event
+/// Device whose one interrupt runs `_EVT`, which notifies the button (0x80: pressed).
+fn power_button() -> RawAml {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let uid_value = 0u8;
+    let uid = aml::Name::new("_UID".into(), &uid_value);
+    let button = aml::Device::new("PWRB".into(), vec![&hid, &uid]);
+
+    let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
+    let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&irq]));
+    let button_path = aml::Path::new("\\_SB_.PWRB");
+    let pressed = 0x80u8;
+    let notify = aml::Notify::new(&button_path, &pressed);
+    let evt = aml::Method::new("_EVT".into(), 1, false, vec![&notify]);
+    let ged = aml::Device::new("GED_".into(), vec![&ged_hid, &uid, &crs, &evt]);
+    let mut bytes = Vec::new();
+    button.to_aml_bytes(&mut bytes);
+    ged.to_aml_bytes(&mut bytes);
+    RawAml(bytes)
 }
 
 /// An ISA device at fixed I/O ports, with an optional edge-triggered, active-high IRQ.

@@ -1,5 +1,6 @@
 //! How a guest stops: the ACPI hardware-reduced sleep control register (power-off through
-//! `_S5_`), the ACPI reset register, and pvpanic.
+//! `_S5_`), the ACPI reset register, pvpanic, and the ACPI power button that asks the guest
+//! to shut down.
 
 use super::PortDevice;
 use crate::exit::{ExitSender, VmExit};
@@ -39,6 +40,25 @@ impl PortDevice for AcpiPowerRegisters {
             2 if value == ACPI_RESET_VALUE => self.exits.send(VmExit::Reset),
             _ => {}
         }
+    }
+}
+
+/// The ACPI power button of a hardware-reduced machine: a Generic Event Device (ACPI0013)
+/// whose interrupt is this irqfd; its `_EVT` method notifies the power button device
+/// (PNP0C0C, boot/acpi.rs) and the guest's OS decides what pressing it means (shutdown, for
+/// systemd-logind or acpid).
+pub struct PowerButton {
+    irq: vmm_sys_util::eventfd::EventFd,
+}
+
+impl PowerButton {
+    pub fn new(irq: vmm_sys_util::eventfd::EventFd) -> Self {
+        PowerButton { irq }
+    }
+
+    /// One press: an edge on the GED's interrupt line.
+    pub fn press(&self) -> std::io::Result<()> {
+        self.irq.write(1)
     }
 }
 

@@ -15,9 +15,13 @@ use skiff_e2e::{GuestSpec, TestEnv, Vmm, INIT_READY};
 use skiff_host::model::{Event, EventKind, VmInfo, VmState};
 use skiff_host::{Client, Endpoint};
 
-/// A guest that prints its uptime every second, forever: its console log shows whether it
-/// kept running (and never rebooted) across a daemon restart.
-const UPTIME_LOOP: &str = "while true; do echo UPTIME $(cut -d' ' -f1 /proc/uptime); sleep 1; done";
+/// A guest that shuts down when its ACPI power button is pressed (busybox acpid runs
+/// /etc/acpi/PWRF/00000080) and prints its uptime every second, forever: its console log
+/// shows whether it kept running (and never rebooted) across a daemon restart.
+const UPTIME_LOOP: &str = "mkdir -p /etc/acpi/PWRF; \
+     printf '#!/bin/sh\\npoweroff -f\\n' >/etc/acpi/PWRF/00000080; \
+     chmod +x /etc/acpi/PWRF/00000080; acpid; \
+     while true; do echo UPTIME $(cut -d' ' -f1 /proc/uptime); sleep 1; done";
 const TOKEN: &str = "e2e-token-0123456789abcdef";
 
 /// `skiff host` in a scratch directory, stopped with every VM it knows when dropped (other
@@ -279,8 +283,20 @@ fn lifecycle_restart_policy_and_daemon_restart() {
         wait_uptime(&daemon, name, 1, Duration::from_secs(120));
     }
 
-    // Stop, start, pause, resume one; delete another.
+    // Stop, start, pause, resume one; delete another. The stop is the guest's own shutdown:
+    // within the daemon's 5 s stop timeout, and no power cut in the VMM's log.
+    let stopping = Instant::now();
     assert_eq!(daemon.vm_ok(&["stop", "a"]).trim(), "a stopped");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let vmm_log = std::fs::read_to_string(dir.join("state/vms/a/vmm.log")).unwrap_or_default();
+    assert!(
+        !vmm_log.contains("control socket"),
+        "a's power was cut:\n{vmm_log}"
+    );
     let a = daemon.info("a");
     assert_eq!((a.state, a.pid), (VmState::Stopped, None));
     assert_eq!(daemon.vm_ok(&["start", "a"]).trim(), "a running");
@@ -525,7 +541,7 @@ fn twenty_concurrent_clients_for_a_minute() {
                         mine.insert(name.clone());
                         assert_eq!(call("GET", "/vms", None).status, 200);
                         assert_eq!(call("GET", &format!("/vms/{name}"), None).status, 200);
-                        let r = call("POST", &format!("/vms/{name}/stop?timeout_secs=5"), None);
+                        let r = call("POST", &format!("/vms/{name}/stop?force=true"), None);
                         assert_eq!(r.status, 200, "{name}: {}", r.text());
                         // Keep the table from growing without bound: delete every other one.
                         if i % 2 == 1 {
