@@ -20,7 +20,7 @@ use skiff_host::{Client, Endpoint};
 /// shows whether it kept running (and never rebooted) across a daemon restart.
 const UPTIME_LOOP: &str = "mkdir -p /etc/acpi/PWRF; \
      printf '#!/bin/sh\\npoweroff -f\\n' >/etc/acpi/PWRF/00000080; \
-     chmod +x /etc/acpi/PWRF/00000080; acpid; \
+     chmod +x /etc/acpi/PWRF/00000080; acpid -l /tmp/acpid.log; \
      while true; do echo UPTIME $(cut -d' ' -f1 /proc/uptime); sleep 1; done";
 const TOKEN: &str = "e2e-token-0123456789abcdef";
 
