@@ -105,6 +105,12 @@ pub enum BalloonRequestError {
     TooLarge(u64),
 }
 
+/// The devices a handle acts on from outside the guest.
+pub(crate) struct HandleDevices {
+    pub balloon: Option<Arc<Mutex<Balloon>>>,
+    pub power_button: Arc<PowerButton>,
+}
+
 impl VmHandle {
     pub(crate) fn new(
         control: Arc<RunControl>,
@@ -112,10 +118,13 @@ impl VmHandle {
         ram: GuestRam,
         exits: ExitSender,
         vcpus: u32,
-        balloon: Option<Arc<Mutex<Balloon>>>,
+        devices: HandleDevices,
         memory: MemoryServices,
-        power_button: Arc<PowerButton>,
     ) -> Self {
+        let HandleDevices {
+            balloon,
+            power_button,
+        } = devices;
         VmHandle {
             inner: Arc::new(Inner {
                 control,

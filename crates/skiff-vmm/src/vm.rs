@@ -19,8 +19,8 @@ use crate::devices::power::{AcpiPowerRegisters, PowerButton, PvPanic};
 use crate::devices::serial::SerialDevice;
 use crate::devices::{EventFdTrigger, ExitTrigger, IoBus, Shared, I8042};
 use crate::exit::{ExitSender, VmExit};
-use crate::handle::MemoryServices;
 use crate::handle::VmHandle;
+use crate::handle::{HandleDevices, MemoryServices};
 use crate::host;
 use crate::layout::{
     ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, COM1_IRQ, COM1_PORT, GED_IRQ, I8042_PORT,
@@ -260,9 +260,11 @@ impl Vm {
                 ram,
                 exits,
                 vcpu_count,
-                devices.balloon.as_ref().map(|b| b.device.clone()),
+                HandleDevices {
+                    balloon: devices.balloon.as_ref().map(|b| b.device.clone()),
+                    power_button,
+                },
                 memory,
-                power_button,
             ),
             devices,
         })
