@@ -138,12 +138,25 @@ impl Reclaimer {
         self.ram.resident_bytes().map_err(ReclaimError::Residency)
     }
 
-    /// How many of `pages` are in host RAM.
+    /// How many of `pages` (sorted) are in host RAM: one mincore per block they fall in.
     fn resident_pages(&self, pages: &[u64]) -> Result<u64, ReclaimError> {
-        pages
-            .iter()
-            .map(|&page| count_resident(&self.ram, page, 1))
-            .sum()
+        let mut resident = 0;
+        let mut map = [0u8; BLOCK_PAGES as usize];
+        for block in pages.chunk_by(|a, b| a / BLOCK_PAGES == b / BLOCK_PAGES) {
+            let (first, count) = block_pages(block[0] / BLOCK_PAGES, self.ram.pages());
+            let map = &mut map[..count as usize];
+            self.ram
+                .resident_map(first, map)
+                .map_err(ReclaimError::Residency)?;
+            resident += block
+                .iter()
+                .filter(|&&p| {
+                    map.get(p.saturating_sub(first) as usize)
+                        .is_some_and(|b| b & 1 != 0)
+                })
+                .count() as u64;
+        }
+        Ok(resident)
     }
 }
 

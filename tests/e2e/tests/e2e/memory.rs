@@ -14,6 +14,9 @@ use skiff_api::memory::ReclaimReport;
 use skiff_e2e::{ctl, GuestSpec, TestEnv, Vm, Vmm};
 
 const MIB: u64 = 1 << 20;
+/// Boots and first steps take seconds in the emulated host, minutes when other work loads
+/// the machine.
+const SLOW: Duration = Duration::from_secs(300);
 
 fn stats(socket: &Path) -> VmStats {
     let (ok, text) = ctl(socket, &["stats"]);
@@ -33,7 +36,7 @@ fn guest(name: &str, period_secs: u32, cmd: &str) -> (Vm, PathBuf) {
         .vmm_arg("--sampling-pages")
         .vmm_arg("200")
         .cmd(cmd)
-        .timeout(Duration::from_secs(400))
+        .timeout(Duration::from_secs(1200))
         .spawn()
         .expect("spawn");
     (vm, socket)
@@ -67,20 +70,19 @@ fn active(s: &VmStats) -> f64 {
 fn working_set_sampling_tells_a_busy_guest_from_an_idle_one() {
     let (mut busy, busy_sock) = guest(
         "ws-busy",
-        2,
-        "skiff-guest-tool membench 128 --seconds 300 --interval 2",
+        3,
+        "skiff-guest-tool membench 128 --seconds 600 --interval 2",
     );
-    let (mut idle, idle_sock) = guest("ws-idle", 2, "echo P-READY; sleep 300");
-    idle.wait_for("P-READY", Duration::from_secs(120))
-        .expect("idle guest boots");
+    let (mut idle, idle_sock) = guest("ws-idle", 3, "echo P-READY; sleep 600");
+    idle.wait_for("P-READY", SLOW).expect("idle guest boots");
     // membench fills its 128 MiB first (slow in the emulated host), then reports progress
     // while it writes random lines of it: from then on, the guest is busy.
-    busy.wait_for("progress", Duration::from_secs(180))
+    busy.wait_for("progress", SLOW)
         .expect("busy guest runs membench");
     // Periods that started during boot count too: wait for 6 that did not.
     let busy_start = periods(&stats(&busy_sock));
     let idle_start = periods(&stats(&idle_sock));
-    let timeout = Duration::from_secs(120);
+    let timeout = SLOW;
     let b = wait_stats(&busy_sock, timeout, |s| periods(s) >= busy_start + 6);
     let i = wait_stats(&idle_sock, timeout, |s| periods(s) >= idle_start + 6);
     let (fb, fi) = (active(&b), active(&i));
@@ -92,11 +94,12 @@ fn working_set_sampling_tells_a_busy_guest_from_an_idle_one() {
     );
     let ws = b.working_set.as_ref().expect("sampling on");
     assert!(
-        ws.dirty_logging && ws.pages == 200 && ws.period_secs == 2,
+        ws.dirty_logging && ws.pages == 200 && ws.period_secs == 3,
         "{ws:?}"
     );
     // The busy guest writes 128 of its 256 MiB all the time: about half its pages.
-    assert!(fb >= 0.3, "busy guest's active fraction {fb}: {b:#?}");
+    // (Less if a loaded machine slows it so much that it misses some in a period.)
+    assert!(fb >= 0.25, "busy guest's active fraction {fb}: {b:#?}");
     assert!(fi <= 0.1, "idle guest's active fraction {fi}: {i:#?}");
     assert!(fb >= 4.0 * fi, "busy {fb} vs idle {fi}");
 
@@ -120,7 +123,7 @@ fn working_set_sampling_tells_a_busy_guest_from_an_idle_one() {
     );
     // The guest is unharmed by dirty logging going off and on.
     idle.send_line("echo P-STILL-HERE").expect("console");
-    idle.wait_for("P-STILL-HERE", Duration::from_secs(30))
+    idle.wait_for("P-STILL-HERE", Duration::from_secs(120))
         .expect("idle guest answers");
 }
 
@@ -168,10 +171,10 @@ fn ksm_merges_identical_guests_and_the_vmm_reports_it() {
     let (mut a, a_sock) = guest("ksm-a", 30, cmd);
     let (mut b, b_sock) = guest("ksm-b", 30, cmd);
     for vm in [&mut a, &mut b] {
-        vm.wait_for("held_mib=64", Duration::from_secs(120))
+        vm.wait_for("held_mib=64", SLOW)
             .expect("guest holds 64 MiB");
     }
-    let timeout = Duration::from_secs(180);
+    let timeout = SLOW;
     let sa = wait_stats(&a_sock, timeout, |s| merging_pages(s) >= 4096);
     let sb = wait_stats(&b_sock, timeout, |s| merging_pages(s) >= 4096);
     eprintln!(
@@ -199,9 +202,9 @@ fn ksm_merges_identical_guests_and_the_vmm_reports_it() {
     let (ok, text) = ctl(&b_sock, &["page-sharing", "off"]);
     assert!(ok, "{text}");
     assert!(!stats(&b_sock).sharing.mergeable);
-    wait_stats(&b_sock, Duration::from_secs(60), |s| merging_pages(s) == 0);
+    wait_stats(&b_sock, SLOW, |s| merging_pages(s) == 0);
     b.send_line("echo P-B-ALIVE").expect("console");
-    b.wait_for("P-B-ALIVE", Duration::from_secs(30))
+    b.wait_for("P-B-ALIVE", Duration::from_secs(120))
         .expect("guest b answers");
 }
 
@@ -253,13 +256,11 @@ fn reclaim_pages_an_idle_guest_out_to_zram() {
         "skiff-guest-tool hold 128 & read x; \
          skiff-guest-tool touch 32 && skiff-guest-tool meminfo && echo P-ALIVE && kill $!",
     );
-    vm.wait_for("held_mib=128", Duration::from_secs(120))
+    vm.wait_for("held_mib=128", SLOW)
         .expect("guest holds 128 MiB");
     // A few periods so the sample knows which pages the (idle) guest writes.
     let start = periods(&stats(&socket));
-    wait_stats(&socket, Duration::from_secs(60), |s| {
-        periods(s) >= start + 3
-    });
+    wait_stats(&socket, SLOW, |s| periods(s) >= start + 3);
 
     let rss_before = vm.rss_kib().expect("VmRSS") * 1024;
     let (ok, text) = ctl(&socket, &["reclaim", "96"]);
@@ -283,8 +284,57 @@ fn reclaim_pages_an_idle_guest_out_to_zram() {
 
     // The guest works on, faulting its pages back in from zram as it needs them.
     vm.send_line("go").expect("console");
-    vm.wait_for("P-ALIVE", Duration::from_secs(120))
+    vm.wait_for("P-ALIVE", SLOW)
         .expect("guest allocates and answers after reclaim");
-    let out = vm.wait(Duration::from_secs(60)).expect("guest ends");
+    let out = vm.wait(Duration::from_secs(120)).expect("guest ends");
     assert_eq!(out.guest_status, Some(0), "{out}");
+}
+
+/// One `membench` run in the guest (it waits for a line on the console before each run);
+/// returns its throughput in MiB/s.
+fn membench_run(vm: &mut Vm) -> f64 {
+    vm.send_line("go").expect("console");
+    let line = vm
+        .wait_for("throughput_mib_s=", SLOW)
+        .expect("membench ends");
+    line.trim()
+        .trim_start_matches("throughput_mib_s=")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// What dirty logging costs a memory-bound guest: membench over 128 MiB with sampling off
+/// (no dirty logging: KVM may map guest RAM with 2 MiB pages) and on (ESX's 100 pages per
+/// 30 s: 4 KiB mappings only), alternating in one guest. Not part of the suite:
+/// `cargo xtask e2e memory::bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn bench_dirty_logging_overhead() {
+    const ROUNDS: usize = 5;
+    let (mut vm, socket) = guest(
+        "bench-ws",
+        30,
+        "while read x; do skiff-guest-tool membench 128 --seconds 6 | grep throughput; done",
+    );
+    vm.wait_for(skiff_e2e::INIT_READY, SLOW).expect("boots");
+    std::thread::sleep(Duration::from_secs(5));
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (period, results) in [("0", &mut off), ("30", &mut on)] {
+            let (ok, text) = ctl(&socket, &["sampling", "--period", period, "--pages", "100"]);
+            assert!(ok, "{text}");
+            results.push(membench_run(&mut vm));
+        }
+    }
+    let (off_m, on_m) = (median(off.clone()), median(on.clone()));
+    eprintln!(
+        "bench dirty logging: membench 128 MiB, MiB/s off {off:?} on {on:?}; \
+         medians off {off_m:.1} on {on_m:.1}, on/off {:.3}",
+        on_m / off_m
+    );
 }
