@@ -280,3 +280,47 @@ mod tests {
         assert!(!bit(&bitmap, 1000), "out of range is clean");
     }
 }
+
+/// The ioctls themselves, against this machine's KVM (no vCPU runs: only the bitmaps and the
+/// slot flags are exercised). Skipped where there is no usable /dev/kvm or no manual
+/// protection; the e2e tests (memory.rs) cover guest writes.
+#[cfg(test)]
+mod kvm_tests {
+    use super::*;
+    use crate::memory::RamOptions;
+
+    fn vm_with_ram() -> Option<(Arc<VmFd>, GuestRam)> {
+        let kvm = kvm_ioctls::Kvm::new().ok()?;
+        let vm = Arc::new(kvm.create_vm().ok()?);
+        let ram = GuestRam::new(4 << 20, RamOptions { mergeable: false }).ok()?;
+        Some((vm, ram))
+    }
+
+    #[test]
+    fn clear_protects_only_the_pages_asked_for() {
+        let Some((vm, ram)) = vm_with_ram() else {
+            eprintln!("skipped: no usable /dev/kvm");
+            return;
+        };
+        let slots = GuestSlots::register(vm, &ram, true).expect("register");
+        if !slots.can_log() {
+            eprintln!("skipped: this KVM has no manual dirty log protection");
+            return;
+        }
+        assert!(slots.logging());
+        // Initially set: every page counts as written until protected.
+        let pages = [0, 5, 63, 64, 1023];
+        assert_eq!(slots.written(&pages).expect("get"), vec![true; 5]);
+        slots.protect(&[5, 64]).expect("clear");
+        assert_eq!(
+            slots.written(&pages).expect("get"),
+            vec![true, false, true, false, true]
+        );
+        // Off and on again: a fresh, all-set log.
+        slots.set_logging(false).expect("off");
+        assert!(matches!(slots.written(&pages), Err(DirtyLogError::Off)));
+        assert!(matches!(slots.protect(&pages), Err(DirtyLogError::Off)));
+        slots.set_logging(true).expect("on");
+        assert_eq!(slots.written(&pages).expect("get"), vec![true; 5]);
+    }
+}
