@@ -14,6 +14,8 @@ mod cgroups;
 mod cgroups_real;
 #[path = "e2e/daemon.rs"]
 mod daemon;
+#[path = "e2e/density.rs"]
+mod density;
 #[path = "e2e/harness.rs"]
 mod harness;
 #[path = "e2e/memory.rs"]
@@ -22,6 +24,8 @@ mod memory;
 mod memory_manager;
 #[path = "e2e/net.rs"]
 mod net;
+#[path = "e2e/overcommit.rs"]
+mod overcommit;
 #[path = "e2e/root.rs"]
 mod root;
 #[path = "e2e/vmm.rs"]

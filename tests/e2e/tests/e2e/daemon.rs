@@ -108,7 +108,7 @@ impl Daemon {
     }
 
     /// `skiff vm ARGS...` against this daemon: (success, stdout, stderr).
-    fn vm(&self, args: &[&str]) -> (bool, String, String) {
+    pub(crate) fn vm(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(&TestEnv::get().skiff_bin)
             .arg("vm")
             .arg("--socket")
@@ -123,7 +123,7 @@ impl Daemon {
         )
     }
 
-    fn vm_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn vm_ok(&self, args: &[&str]) -> String {
         let (ok, stdout, stderr) = self.vm(args);
         assert!(
             ok,
@@ -142,7 +142,7 @@ impl Daemon {
         serde_json::from_slice(&r.body).expect("JSON")
     }
 
-    fn info(&self, name: &str) -> VmInfo {
+    pub(crate) fn info(&self, name: &str) -> VmInfo {
         self.get(&format!("/vms/{name}"))
     }
 
@@ -481,7 +481,7 @@ fn bad_input_is_refused_and_tcp_needs_the_token() {
 }
 
 /// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
