@@ -1,6 +1,7 @@
 //! The host daemon's memory manager with real guests (issue 6): two 512 MiB VMs fill their
 //! page caches past a 384 MiB budget; the manager inflates their balloons until both fit
-//! the budget, never below their mins, and the guests keep running.
+//! the budget, never below their mins, and the guests keep running. And the idle tax: of an
+//! idle VM full of page cache and a busy one, the busy one gets the larger target.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,14 +36,14 @@ fn console(vm: &VmInfo) -> String {
 }
 
 /// A guest that fills its page cache with its whole disk, then prints a heartbeat.
-fn filling_guest(name: &str, disk: &Path) -> serde_json::Value {
+const FILL_THEN_IDLE: &str = "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null; echo FILLED; \
+     while true; do echo ALIVE $(cut -d' ' -f1 /proc/uptime); sleep 2; done";
+
+/// A 512 MiB VM running `cmd` with `disk` as /dev/vda, sampling its working set every
+/// `sample_secs`.
+fn guest(name: &str, cmd: &str, disk: &Path, sample_secs: u32) -> serde_json::Value {
     let env = TestEnv::get();
-    let cmdline = GuestSpec::new(Vmm::Skiff)
-        .cmd(
-            "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null; echo FILLED; \
-             while true; do echo ALIVE $(cut -d' ' -f1 /proc/uptime); sleep 2; done",
-        )
-        .kernel_cmdline();
+    let cmdline = GuestSpec::new(Vmm::Skiff).cmd(cmd).kernel_cmdline();
     serde_json::json!({
         "name": name,
         "kernel": env.kernel,
@@ -50,7 +51,17 @@ fn filling_guest(name: &str, disk: &Path) -> serde_json::Value {
         "cmdline": cmdline,
         "memory": { "size": "512M", "min": "128M" },
         "disks": [{ "path": disk, "read_only": true }],
+        "working_set": { "period_secs": sample_secs },
     })
+}
+
+/// A sparse disk image of `mib` MiB.
+fn disk(dir: &Path, mib: u64) -> std::path::PathBuf {
+    let path = dir.join("cache.img");
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(mib * MIB))
+        .expect("disk image");
+    path
 }
 
 /// The states in the order they were entered.
@@ -70,12 +81,9 @@ fn page_caches_past_the_budget_are_ballooned_back_into_it() {
     let dir = env.scratch("memory-manager");
     let budget = format!("{BUDGET_MIB}M");
     let daemon = Daemon::start_with(&dir, None, &["--memory-budget", &budget]);
-    let disk = dir.join("cache.img");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(256 * MIB))
-        .expect("disk image");
+    let disk = disk(&dir, 256);
     for name in ["mm-a", "mm-b"] {
-        run(&daemon, &filling_guest(name, &disk));
+        run(&daemon, &guest(name, FILL_THEN_IDLE, &disk, 30));
     }
 
     // Both caches full: about 2 × 300 MiB wanted in a 384 MiB budget. Reading the disks
@@ -147,5 +155,63 @@ fn page_caches_past_the_budget_are_ballooned_back_into_it() {
     std::thread::sleep(Duration::from_secs(6));
     for (vm, before) in vms.iter().zip(before) {
         assert!(beats(vm) > before, "{} stopped:\n{}", vm.name, console(vm));
+    }
+}
+
+/// The paper's idle-tax experiment in small: equal shares, a budget below what both want; one
+/// VM idles with a full page cache, the other keeps 200 MiB busy. With the default tax
+/// (τ = 0.75) the busy VM's target ends well above the idle one's.
+#[test]
+fn the_idle_tax_gives_the_busy_vm_more() {
+    let env = TestEnv::get();
+    let dir = env.scratch("memory-idle-tax");
+    let daemon = Daemon::start_with(&dir, None, &["--memory-budget", "512M"]);
+    let disk = disk(&dir, 256);
+    run(&daemon, &guest("idle", FILL_THEN_IDLE, &disk, 5));
+    let busy = "skiff-guest-tool membench 200 --seconds 100000";
+    run(&daemon, &guest("busy", busy, &disk, 5));
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(360);
+    loop {
+        let vms: Vec<VmInfo> = daemon.get("/vms");
+        let find = |name: &str| vms.iter().find(|vm| vm.name == name).cloned();
+        let (Some(idle), Some(busy)) = (find("idle"), find("busy")) else {
+            panic!("VMs gone: {vms:?}");
+        };
+        let sampled = |vm: &VmInfo| {
+            let periods = vm.stats.as_ref().and_then(|s| s.working_set.as_ref());
+            periods.is_some_and(|w| w.periods >= 3)
+        };
+        if let (Some(i), Some(b)) = (&idle.memory, &busy.memory) {
+            let filled = console(&idle).contains("FILLED");
+            if filled
+                && sampled(&idle)
+                && sampled(&busy)
+                && b.target_bytes > i.target_bytes + 50 * MIB
+            {
+                eprintln!(
+                    "after {:.0} s: idle target {} MiB (active {} of {} MiB), \
+                     busy target {} MiB (active {} of {} MiB)",
+                    started.elapsed().as_secs_f64(),
+                    i.target_bytes / MIB,
+                    i.active_bytes / MIB,
+                    i.allocated_bytes / MIB,
+                    b.target_bytes / MIB,
+                    b.active_bytes / MIB,
+                    b.allocated_bytes / MIB
+                );
+                assert!(b.active_bytes > i.active_bytes, "{i:?}\n{b:?}");
+                assert!(i.target_bytes >= i.min_bytes, "{i:?}");
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the busy VM never got the larger target:\n{idle:#?}\n{busy:#?}\n{}\n{}",
+            console(&busy),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
