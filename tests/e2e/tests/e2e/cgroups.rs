@@ -6,11 +6,13 @@
 //! has a run of these tests on v1.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use skiff_cgroups::{Cgroup, CpuStat, Hierarchy};
 use skiff_e2e::{GuestSpec, TestEnv, Vm, Vmm};
+use skiff_host::model::VmInfo;
+
+use crate::daemon::Daemon;
 
 /// A guest that never idles: its one vCPU wants a whole host CPU.
 const SPIN: &str = "echo SPINNING; while :; do :; done";
@@ -109,86 +111,20 @@ fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// `skiff host` in a scratch directory, driven through the `skiff vm` CLI; the harness
-/// runs it as it runs a VMM (killed on drop, its output kept). Dropping it also kills its
-/// VMs' processes: they run in their own sessions, outliving the daemon.
-struct Daemon {
-    _process: Vm,
-    dir: PathBuf,
-    vms: Vec<String>,
-}
-
-impl Daemon {
-    fn start(scratch: &str) -> Daemon {
-        let env = TestEnv::get();
-        let dir = env.scratch(scratch);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let mut cmd = Command::new(&env.skiff_bin);
-        cmd.arg("host")
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(dir.join("api.sock"));
-        let daemon = Daemon {
-            _process: Vm::spawn_command(cmd).expect("start skiff host"),
-            dir,
-            vms: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while daemon.vm(&["ls"]).map_or(true, |o| !o.status.success()) {
-            assert!(Instant::now() < deadline, "the daemon never answered");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        daemon
-    }
-
-    /// `skiff vm ARGS` against this daemon.
-    fn vm(&self, args: &[&str]) -> std::io::Result<Output> {
-        Command::new(&TestEnv::get().skiff_bin)
-            .arg("vm")
-            .args(args)
-            .env("SKIFF_SOCKET", self.dir.join("api.sock"))
-            .output()
-    }
-
-    /// Creates and starts a VM whose guest spins, with `cpu` as its spec's cpu table.
-    fn start_busy_vm(&mut self, name: &str, cpu: &str) {
-        let env = TestEnv::get();
-        let cmdline = GuestSpec::new(Vmm::Skiff).cmd(SPIN).kernel_cmdline();
-        let spec = format!(
-            "name = \"{name}\"\nkernel = \"{}\"\ninitrd = \"{}\"\ncmdline = \"{cmdline}\"\n\
-             memory = \"256M\"\ncpu = {cpu}\n",
-            env.kernel.display(),
-            env.initrd.display()
-        );
-        let path = self.dir.join(format!("{name}.toml"));
-        std::fs::write(&path, spec).expect("write the spec");
-        self.vms.push(name.to_string());
-        let out = self
-            .vm(&["create", "--start", "-f", &path.to_string_lossy()])
-            .expect("skiff vm create");
-        assert!(out.status.success(), "create {name}: {out:?}");
-    }
-
-    fn console_log(&self, name: &str) -> PathBuf {
-        self.dir.join("state/vms").join(name).join("console.log")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        for name in &self.vms {
-            if let Ok(hierarchy) = Hierarchy::detect() {
-                if let Ok(group) = Cgroup::open(&hierarchy, skiff_cgroups::VM_PARENT, name) {
-                    for pid in group.pids().unwrap_or_default() {
-                        // SAFETY: kill has no memory preconditions.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                    }
-                }
-            }
-        }
-    }
+/// Creates and starts, through the daemon's API, a VM whose guest spins, with the spec's
+/// `cpu.shares`; returns its console log.
+fn start_busy_vm_in(daemon: &Daemon, name: &str, shares: u64) -> PathBuf {
+    let env = TestEnv::get();
+    let spec = serde_json::json!({
+        "name": name,
+        "kernel": env.kernel,
+        "initrd": env.initrd,
+        "cmdline": GuestSpec::new(Vmm::Skiff).cmd(SPIN).kernel_cmdline(),
+        "memory": "256M",
+        "cpu": { "shares": shares },
+    });
+    crate::memory_manager::run(daemon, &spec);
+    PathBuf::from(daemon.get::<VmInfo>(&format!("/vms/{name}")).console.log)
 }
 
 fn wait_for_file_text(path: &Path, text: &str, timeout: Duration) {
@@ -229,11 +165,11 @@ fn vmm_of(name: &str) -> u32 {
 #[test]
 fn daemon_vms_with_shares_2_to_1_split_a_cpu() {
     let (heavy_name, light_name) = ("shares-2000", "shares-1000");
-    let mut daemon = Daemon::start("cgroups-daemon");
-    daemon.start_busy_vm(heavy_name, "{ shares = 2000 }");
-    daemon.start_busy_vm(light_name, "{ shares = 1000 }");
-    wait_for_file_text(&daemon.console_log(heavy_name), "SPINNING", BOOT_TIMEOUT);
-    wait_for_file_text(&daemon.console_log(light_name), "SPINNING", BOOT_TIMEOUT);
+    let daemon = Daemon::start_with(&TestEnv::get().scratch("cgroups-daemon"), None, &[]);
+    let heavy_console = start_busy_vm_in(&daemon, heavy_name, 2000);
+    let light_console = start_busy_vm_in(&daemon, light_name, 1000);
+    wait_for_file_text(&heavy_console, "SPINNING", BOOT_TIMEOUT);
+    wait_for_file_text(&light_console, "SPINNING", BOOT_TIMEOUT);
     let (heavy, light) = (vmm_of(heavy_name), vmm_of(light_name));
     assert_threads_in_group(heavy, heavy_name);
     assert_threads_in_group(light, light_name);
@@ -283,8 +219,11 @@ fn daemon_vms_with_shares_2_to_1_split_a_cpu() {
     );
 
     // Deleting a VM removes its group.
-    let out = daemon.vm(&["rm", light_name]).expect("skiff vm rm");
-    assert!(out.status.success(), "rm: {out:?}");
+    let deleted = daemon
+        .client()
+        .blocking("DELETE", &format!("/vms/{light_name}"), None)
+        .expect("API");
+    assert!(deleted.status < 300, "delete: {}", deleted.text());
     let hierarchy = Hierarchy::detect().expect("hierarchy");
     assert!(
         Cgroup::open(&hierarchy, skiff_cgroups::VM_PARENT, light_name).is_err(),

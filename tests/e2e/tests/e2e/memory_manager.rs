@@ -15,8 +15,8 @@ use crate::daemon::Daemon;
 const MIB: u64 = 1 << 20;
 const BUDGET_MIB: u64 = 384;
 
-/// Creates and starts a VM from a JSON spec.
-fn run(daemon: &Daemon, spec: &serde_json::Value) {
+/// Creates and starts a VM from a JSON spec (the cgroups tests use it too).
+pub(crate) fn run(daemon: &Daemon, spec: &serde_json::Value) {
     let body = serde_json::to_vec(spec).expect("json");
     let response = daemon
         .client()
