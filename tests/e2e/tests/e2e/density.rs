@@ -22,6 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use skiff_cgroups::{Cgroup, Hierarchy};
 use skiff_e2e::{GuestSpec, TestEnv, Vm, Vmm};
 use skiff_host::model::VmInfo;
 
@@ -57,6 +58,7 @@ struct LimitedGroup {
 }
 
 impl LimitedGroup {
+    /// Limits `CGROUP_ROOT/name` (created if need be, with the memory controller enabled).
     fn new(name: &str, limit_bytes: u64) -> LimitedGroup {
         let root = Path::new(CGROUP_ROOT);
         assert!(
@@ -208,7 +210,8 @@ impl Fleet for SkiffFleet {
 
 /// QEMU: one process per VM in the limited group, probed over its serial stdio.
 struct QemuFleet {
-    group_procs: PathBuf,
+    /// The leaf every QEMU joins (between fork and exec), under the limited group.
+    group: Cgroup,
     vms: Vec<Vm>,
 }
 
@@ -221,13 +224,9 @@ impl Fleet for QemuFleet {
             .no_poweroff()
             .vmm_args(["-M", "microvm,pcie=on", "-device", "virtio-balloon-pci"]);
         let mut cmd = spec.command(env);
-        let procs = self.group_procs.clone();
-        // SAFETY: between fork and exec the child only writes its own pid ("0") to a file.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                std::fs::write(&procs, "0")
-            });
-        }
+        self.group
+            .attach_on_spawn(&mut cmd)
+            .map_err(|e| e.to_string())?;
         let mut vm = Vm::spawn_command(cmd).map_err(|e| e.to_string())?;
         let booted = vm.wait_for("DN-IDLE", BOOT_TIMEOUT);
         self.vms.push(vm);
@@ -336,12 +335,15 @@ fn bench_idle_256_mib_guests_in_2_gib() {
 
     {
         let group = LimitedGroup::new("density-qemu", BUDGET_MIB * MIB);
+        let hierarchy = Hierarchy::detect().expect("cgroup hierarchy");
         let mut fleet = QemuFleet {
-            group_procs: group.dir.join("cgroup.procs"),
+            group: Cgroup::create(&hierarchy, "density-qemu", "vms").expect("QEMU's group"),
             vms: Vec::new(),
         };
         outcomes.push(grow("qemu", &mut fleet, &group));
-        drop(fleet);
+        let QemuFleet { group: leaf, vms } = fleet;
+        drop(vms);
+        let _ = leaf.remove(Duration::from_secs(10));
         let _ = std::fs::remove_dir(&group.dir);
     }
 
