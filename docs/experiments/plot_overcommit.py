@@ -46,7 +46,7 @@ def main():
     top.axhline(args.min, color="black", linestyle="--", linewidth=1, label="min (128 MiB)")
     top.set_ylabel("MiB")
     top.set_title("Per VM: VMM resident memory (solid), 512 MiB − balloon (dotted)")
-    top.legend(fontsize=7, ncol=4, loc="upper right")
+    top.legend(fontsize=7, ncol=4, loc="center right")
     top.grid(alpha=0.3)
 
     ts = sorted(totals)

@@ -180,6 +180,7 @@ fn run(duration: Duration) {
     let mut seq = 0;
     let mut probes = 0;
     let mut worst_probe = Duration::ZERO;
+    let mut probe_log: Vec<f32> = Vec::new();
     let mut over_budget_after_settling = Vec::new();
     let mut settled_at: Option<f64> = None;
     loop {
@@ -270,17 +271,29 @@ fn run(duration: Duration) {
         }
         seq += 1;
         let answers = probe_all(&infos, seq);
+        let mut slowest = Duration::ZERO;
         for (info, answer) in infos.iter().zip(&answers) {
-            let took = answer.unwrap_or_else(|| {
+            let Some(took) = *answer else {
+                // Late or never: say which, to tell a stalled host from a hung guest.
+                let late = (0..600)
+                    .find(|_| {
+                        std::thread::sleep(Duration::from_millis(100));
+                        console(info).contains(&format!("PONG-{seq}"))
+                    })
+                    .map(|tenths| PROBE_TIMEOUT + Duration::from_millis(tenths * 100));
                 panic!(
-                    "{} did not answer probe {seq} within {PROBE_TIMEOUT:?}; console:\n{}",
+                    "{} did not answer probe {seq} within {PROBE_TIMEOUT:?} (answered after \
+                     {late:?}; slowest answers so far {probe_log:?}); console:\n{}",
                     info.name,
                     console(info)
                 )
-            });
-            worst_probe = worst_probe.max(took);
+            };
+            slowest = slowest.max(took);
             probes += 1;
         }
+        worst_probe = worst_probe.max(slowest);
+        probe_log.push(slowest.as_secs_f32());
+        eprintln!("probe {seq}: slowest answer {:.2} s", slowest.as_secs_f64());
         if idle_since.elapsed() >= duration {
             break;
         }
