@@ -61,6 +61,12 @@ pub fn run(args: &E2eArgs) -> Result<i32> {
             for (key, value) in emulated_env() {
                 payload.env(key, &value);
             }
+            // Settings for every test's `skiff run` (docs/testing.md).
+            for var in FORWARDED_VARS {
+                if let Ok(value) = std::env::var(var) {
+                    payload.env(var, &value);
+                }
+            }
             // The console is a tty: keep libtest from colouring the summary line.
             payload.env("TERM", "dumb");
             // One guest at a time: the emulated host has two emulated CPUs, and guests of
@@ -77,6 +83,10 @@ pub fn run(args: &E2eArgs) -> Result<i32> {
         }
     }
 }
+
+/// Harness settings passed on into the emulated host: extra `skiff run` arguments, and
+/// running every Skiff VMM jailed.
+const FORWARDED_VARS: [&str; 2] = ["SKIFF_E2E_SKIFF_ARGS", "SKIFF_E2E_JAIL"];
 
 /// The test contract's variables inside the emulated host.
 pub fn emulated_env() -> Vec<(&'static str, String)> {

@@ -19,6 +19,23 @@ const WORKER_STACK: usize = 256 * 1024;
 /// Tokens of backend file descriptors start here (queue notifications are 0..queues).
 const BACKEND_TOKEN: usize = 1 << 16;
 
+/// Starts a named thread with a stack size running a body. The VMM's confines the thread
+/// (seccomp) before the body runs; [`plain_thread`] does nothing more than start it.
+pub type SpawnThread<'a> =
+    &'a dyn Fn(String, usize, Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>>;
+
+/// A [`SpawnThread`] without confinement (tests, fuzzing).
+pub fn plain_thread(
+    name: String,
+    stack: usize,
+    body: Box<dyn FnOnce() + Send>,
+) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name(name)
+        .stack_size(stack)
+        .spawn(body)
+}
+
 /// A running worker; dropping the handle does not stop it, [`Worker::stop`] does.
 pub struct Worker {
     stop: EventFd,
@@ -26,11 +43,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a thread that calls `process_queue(i)` whenever `notify[i]` fires.
+    /// Starts a thread (through `spawn`) that calls `process_queue(i)` whenever `notify[i]`
+    /// fires.
     pub fn spawn(
         name: &str,
         device: Arc<Mutex<dyn VirtioDevice>>,
         notify: Vec<EventFd>,
+        spawn: SpawnThread<'_>,
     ) -> io::Result<Worker> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
@@ -58,11 +77,12 @@ impl Worker {
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, stop_token),
         )?;
-        let thread = thread::Builder::new()
-            .name(name.chars().take(15).collect())
+        let thread = spawn(
+            name.chars().take(15).collect(),
             // Below 2 MiB so that transparent huge pages cannot back the stack.
-            .stack_size(WORKER_STACK)
-            .spawn(move || run(epoll, device, notify, stop_token))?;
+            WORKER_STACK,
+            Box::new(move || run(epoll, device, notify, stop_token)),
+        )?;
         Ok(Worker {
             stop,
             thread: Some(thread),

@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::Duration;
 
 use skiff_api::control::{ControlRequest, ControlResponse};
@@ -33,10 +32,11 @@ pub fn serve(path: &Path, vm: VmHandle) -> Result<(), VmmError> {
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     let path: PathBuf = path.to_path_buf();
-    thread::Builder::new()
-        .name("control".into())
-        .stack_size(crate::stacks::SERVICE)
-        .spawn(move || {
+    crate::seccomp::spawn(
+        "control".into(),
+        crate::seccomp::Role::Control,
+        crate::stacks::SERVICE,
+        move || {
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
@@ -47,8 +47,9 @@ pub fn serve(path: &Path, vm: VmHandle) -> Result<(), VmmError> {
                     Err(e) => log::warn!("control socket {}: {e}", path.display()),
                 }
             }
-        })
-        .map_err(VmmError::Thread)?;
+        },
+    )
+    .map_err(VmmError::Thread)?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod memory;
 pub mod mmio;
 pub mod pci;
+pub mod seccomp;
 pub mod vm;
 
 /// Thread stack sizes. Below 2 MiB on purpose: with transparent huge pages a 2 MiB stack

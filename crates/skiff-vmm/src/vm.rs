@@ -4,8 +4,7 @@
 use std::io::Write;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -15,6 +14,7 @@ use crate::boot::{self, BootSpec};
 use crate::cpu::run_control::{self, RunControl};
 use crate::cpu::Vcpu;
 use crate::devices::cmos::Cmos;
+use crate::devices::iobus::lock;
 use crate::devices::power::{AcpiPowerRegisters, PowerButton, PvPanic};
 use crate::devices::serial::SerialDevice;
 use crate::devices::{EventFdTrigger, ExitTrigger, IoBus, Shared, I8042};
@@ -30,6 +30,7 @@ use crate::memory::dirty_log::GuestSlots;
 use crate::memory::{GuestRam, RamOptions};
 use crate::mmio::MmioBus;
 use crate::pci::{self, DiskConfig, PciConfig, PciDevices};
+use crate::seccomp;
 use crate::VmmError;
 
 /// Everything `skiff run` needs to build a VM.
@@ -220,7 +221,10 @@ impl Vm {
         &self.devices
     }
 
-    /// Starts the vCPUs. The guest runs until [`RunningVm::wait`] reports why it stopped.
+    /// Starts the vCPU threads, each confined to its seccomp filter. They enter the guest
+    /// when [`RunningVm::wait`] lets them: by then the caller has started and confined
+    /// every other thread (control socket, main), so the guest never runs next to an
+    /// unfiltered thread of this VMM.
     pub fn start(self) -> Result<RunningVm, VmmError> {
         let Vm {
             _kvm,
@@ -236,23 +240,29 @@ impl Vm {
             ..
         } = self;
         let vcpu_count = vcpus.len() as u32;
+        let gate = Arc::new(StartGate::default());
         let mut threads = Vec::with_capacity(vcpus.len());
         for (id, vcpu) in vcpus.into_iter().enumerate() {
             let ram = ram.clone();
-            let handle = thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .stack_size(crate::stacks::VCPU)
-                .spawn(move || {
+            let gate = gate.clone();
+            let handle = seccomp::spawn(
+                format!("vcpu{id}"),
+                seccomp::Role::Vcpu,
+                crate::stacks::VCPU,
+                move || {
                     let _ram = ram; // guest memory stays mapped while any vCPU can run
+                    gate.wait();
                     vcpu.run();
-                })
-                .map_err(VmmError::Thread)?;
+                },
+            )
+            .map_err(VmmError::Thread)?;
             threads.push(handle.as_pthread_t());
         }
         memory.start().map_err(VmmError::Thread)?;
         Ok(RunningVm {
             _kvm,
             _vm_fd,
+            gate,
             exit_rx,
             handle: VmHandle::new(
                 control,
@@ -276,6 +286,7 @@ pub struct RunningVm {
     // KVM objects stay open until the process ends: vCPU threads still use them.
     _kvm: Kvm,
     _vm_fd: Arc<VmFd>,
+    gate: Arc<StartGate>,
     exit_rx: mpsc::Receiver<VmExit>,
     handle: VmHandle,
     /// The PCI devices; their worker threads run until the process ends.
@@ -293,9 +304,11 @@ impl RunningVm {
         &self.devices
     }
 
-    /// Blocks until the first reason to stop. The vCPU threads are left as they are: the
-    /// caller ends the process, which is how a VMM stops its guest for good.
+    /// Lets the vCPUs enter the guest, then blocks until the first reason to stop. The
+    /// vCPU threads are left as they are: the caller ends the process, which is how a VMM
+    /// stops its guest for good.
     pub fn wait(self) -> VmExit {
+        self.gate.open();
         let exit = self.exit_rx.recv().unwrap_or_else(|_| VmExit::VcpuError {
             vcpu: 0,
             error: "every vCPU thread ended without a report".into(),
@@ -345,6 +358,30 @@ fn platform_devices(
         Arc::new(Mutex::new(PvPanic::new(exits.clone()))),
     )?;
     Ok((bus, serial, power_button))
+}
+
+/// Holds the vCPU threads back until the rest of the VMM is ready (and confined).
+#[derive(Default)]
+struct StartGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    fn wait(&self) {
+        let mut open = lock(&self.open);
+        while !*open {
+            open = self
+                .opened
+                .wait(open)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn open(&self) {
+        *lock(&self.open) = true;
+        self.opened.notify_all();
+    }
 }
 
 /// Start-up phases with their durations, in the debug log (`SKIFF_LOG=debug`).

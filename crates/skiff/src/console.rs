@@ -11,6 +11,7 @@ use std::time::Duration;
 use skiff_vmm::devices::iobus::lock;
 use skiff_vmm::devices::serial::SerialDevice;
 use skiff_vmm::devices::Shared;
+use skiff_vmm::seccomp;
 use skiff_vmm::{ExitSender, VmExit};
 
 const ESCAPE: u8 = 0x01; // Ctrl-A
@@ -60,10 +61,11 @@ pub fn restore_terminal() {
 
 /// Feeds stdin to the guest's UART until stdin closes.
 pub fn forward_input(serial: Shared<SerialDevice>, exits: ExitSender, escapes: bool) {
-    let spawned = thread::Builder::new()
-        .name("console".into())
-        .stack_size(skiff_vmm::stacks::SERVICE)
-        .spawn(move || {
+    let spawned = seccomp::spawn(
+        "console".into(),
+        seccomp::Role::Console,
+        skiff_vmm::stacks::SERVICE,
+        move || {
             let mut stdin = io::stdin().lock();
             let mut filter = EscapeFilter::default();
             let mut buf = [0u8; 256];
@@ -85,7 +87,8 @@ pub fn forward_input(serial: Shared<SerialDevice>, exits: ExitSender, escapes: b
                     return;
                 }
             }
-        });
+        },
+    );
     if let Err(e) = spawned {
         log::warn!("console input disabled: cannot start its thread: {e}");
     }

@@ -7,6 +7,7 @@ mod cgroup;
 mod console;
 mod ctl;
 mod host;
+mod jail;
 mod logger;
 mod run;
 mod signals;

@@ -1,12 +1,17 @@
 //! `skiff run`: one VM in this process.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use skiff_api::{ByteSize, MemorySpec, VmSpec};
+use skiff_vmm::seccomp::{self, SeccompMode};
 use skiff_vmm::{Vm, VmConfig};
 
+use skiff_jail::Forked;
+
+use crate::jail::{self, JailArgs};
 use crate::{cgroup, console, signals};
 
 const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -79,9 +84,25 @@ pub struct RunArgs {
     status_file: Option<PathBuf>,
     #[command(flatten)]
     cgroup: cgroup::CgroupArgs,
+    /// Per-thread seccomp filters: `on` ends the VM on a call outside a thread's list,
+    /// `log` only has the kernel log it, `off` installs none.
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: SeccompMode,
+    /// Test hook: the thread of this role calls a system call that no filter allows.
+    #[arg(long, value_name = "ROLE", hide = true)]
+    test_forbidden_syscall: Option<seccomp::Role>,
+    #[command(flatten)]
+    jail: JailArgs,
 }
 
 impl RunArgs {
+    fn vm_config(&self, spec: &VmSpec) -> VmConfig {
+        let mut config = VmConfig::from_spec(spec);
+        config.mergeable = !self.no_page_sharing;
+        config.allow_slow_kvm = self.allow_slow_kvm;
+        config
+    }
+
     fn spec(&self) -> Result<VmSpec> {
         let mut spec = match &self.config {
             Some(path) => read_spec(path)?,
@@ -163,14 +184,24 @@ fn read_spec(path: &PathBuf) -> Result<VmSpec> {
     spec.with_context(|| format!("invalid spec {}", path.display()))
 }
 
-/// Boots the VM and returns the process exit status that reports how it ended.
+/// Boots the VM (jailed, with `--jail`) and returns the process exit status that reports
+/// how it ended.
 pub fn run(args: RunArgs) -> Result<u8> {
-    let status_file = args.status_file.clone();
+    // Opened now: once the VM runs, its main thread may open nothing (seccomp), and a jailed
+    // VMM could not reach the path. It stays empty until the VM ends, which a reader takes
+    // for "no status", as it does a missing file.
+    let status_file = args
+        .status_file
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))
+        })
+        .transpose()?;
     let result = boot_and_wait(args);
-    if let Some(path) = status_file {
+    if let Some(mut file) = status_file {
         let code = result.as_ref().map_or(1, |code| *code);
-        if let Err(e) = std::fs::write(&path, format!("{code}\n")) {
-            eprintln!("skiff: cannot write {}: {e}", path.display());
+        if let Err(e) = file.write_all(format!("{code}\n").as_bytes()) {
+            eprintln!("skiff: cannot write the status file: {e}");
         }
     }
     result
@@ -178,12 +209,45 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
 fn boot_and_wait(args: RunArgs) -> Result<u8> {
     let spec = args.spec()?;
-    // Before any thread starts: they are all born in the group.
+    // Before any thread starts (and before the jail's fork): they are all born in the group.
     cgroup::join(&args.cgroup, &spec.cpu)?;
-    let mut config = VmConfig::from_spec(&spec);
-    config.mergeable = !args.no_page_sharing;
-    config.allow_slow_kvm = args.allow_slow_kvm;
+    let (Some(dir), Some(uid), Some(gid)) = (&args.jail.jail, args.jail.uid, args.jail.gid) else {
+        let config = args.vm_config(&spec);
+        return run_vm(&args, config, args.control_socket.as_deref());
+    };
+    let plan = jail::plan(&spec, dir, uid, gid, args.control_socket.as_deref())?;
+    match skiff_jail::fork_into_pid_namespace()? {
+        Forked::Parent { child } => Ok(jail::supervise(child, &plan)),
+        Forked::Child => {
+            // The supervisor reports the status (and writes the status file): the child
+            // ends here, never returning into the caller's clean-up.
+            let code = run_jailed(&args, &plan).unwrap_or_else(|e| {
+                eprintln!("skiff: error: {e:#}");
+                1
+            });
+            std::process::exit(i32::from(code))
+        }
+    }
+}
 
+/// The jailed child: opens its taps, enters the jail, runs the VM with the jail's paths.
+fn run_jailed(args: &RunArgs, plan: &jail::Plan) -> Result<u8> {
+    let mut config = args.vm_config(&plan.spec);
+    // Taps are opened in the host's network namespace, where their bridges are.
+    for (index, nic) in config.devices.nics.iter_mut().enumerate() {
+        nic.preopen(index)?;
+    }
+    skiff_jail::enter(&plan.jail)?;
+    let socket = plan.control_socket.as_ref().map(|s| s.in_jail.as_path());
+    run_vm(args, config, socket)
+}
+
+/// Runs the VM in this process.
+fn run_vm(args: &RunArgs, config: VmConfig, control_socket: Option<&Path>) -> Result<u8> {
+    seccomp::init(seccomp::Policy {
+        mode: args.seccomp,
+        test_violation: args.test_forbidden_syscall,
+    })?;
     signals::block_termination_signals().context("cannot block termination signals")?;
     let vm = Vm::create(&config, Box::new(console::output()?))?;
     signals::forward_to(vm.exit_sender()).context("cannot start the signal thread")?;
@@ -203,15 +267,19 @@ fn boot_and_wait(args: RunArgs) -> Result<u8> {
             return Err(e.into());
         }
     };
-    if let Some(path) = &args.control_socket {
+    if let Some(path) = control_socket {
         if let Err(e) = skiff_vmm::control::serve(path, running.handle()) {
             console::restore_terminal();
             return Err(e.into());
         }
     }
+    if let Err(e) = seccomp::confine(seccomp::Role::Main) {
+        console::restore_terminal();
+        return Err(e.into());
+    }
     let exit = running.wait();
     console::restore_terminal();
-    if let Some(path) = &args.control_socket {
+    if let Some(path) = control_socket {
         // Nothing listens there any more; a stale socket would only mislead clients.
         let _ = std::fs::remove_file(path);
     }

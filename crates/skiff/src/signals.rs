@@ -3,9 +3,8 @@
 //! so that every thread inherits the mask.
 
 use std::io;
-use std::thread;
 
-use skiff_vmm::{ExitSender, VmExit};
+use skiff_vmm::{seccomp, ExitSender, VmExit};
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -21,8 +20,25 @@ fn signal_set() -> libc::sigset_t {
     }
 }
 
+/// Never runs (the signals stay blocked and the signal thread takes them), but a handler
+/// must exist: a jailed VMM is the first process of its PID namespace, and the kernel
+/// drops signals from outside that such a process has left at their default.
+extern "C" fn unreachable_handler(_signal: libc::c_int) {}
+
 pub fn block_termination_signals() -> io::Result<()> {
     let set = signal_set();
+    for sig in SIGNALS {
+        // SAFETY: a zeroed sigaction with a valid handler and an empty mask is well-formed;
+        // the handler does nothing.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = unreachable_handler as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
     // SAFETY: changes only this thread's mask, with a fully initialised set.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -32,16 +48,18 @@ pub fn block_termination_signals() -> io::Result<()> {
 }
 
 pub fn forward_to(exits: ExitSender) -> io::Result<()> {
-    thread::Builder::new()
-        .name("signals".into())
-        .stack_size(skiff_vmm::stacks::SERVICE)
-        .spawn(move || loop {
+    seccomp::spawn(
+        "signals".into(),
+        seccomp::Role::Signals,
+        skiff_vmm::stacks::SERVICE,
+        move || loop {
             let set = signal_set();
             let mut sig: libc::c_int = 0;
             // SAFETY: the set is initialised and `sig` is a valid out pointer.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
                 exits.send(VmExit::Signal(sig));
             }
-        })?;
+        },
+    )?;
     Ok(())
 }

@@ -27,6 +27,12 @@ pub struct TestEnv {
     pub mke2fs: PathBuf,
     /// `SKIFF_E2E_TMP`: a scratch directory for disk images, sockets and the like.
     pub tmp: PathBuf,
+    /// `SKIFF_E2E_SKIFF_ARGS` (optional): whitespace-separated arguments added to every
+    /// `skiff run` of the tests, e.g. `--seccomp=log` to run a test under other settings.
+    pub skiff_extra_args: Vec<String>,
+    /// `SKIFF_E2E_JAIL=UID:GID` (optional): every `skiff run` of the tests is jailed
+    /// (`--jail DIR --uid UID --gid GID`, a fresh DIR each), its disk images given to UID.
+    pub jail: Option<(u32, u32)>,
 }
 
 static ENV: OnceLock<Result<TestEnv, Error>> = OnceLock::new();
@@ -36,6 +42,19 @@ fn var(name: &'static str) -> Result<PathBuf, Error> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .ok_or(Error::Env { var: name })
+}
+
+fn jail_ids() -> Result<Option<(u32, u32)>, Error> {
+    let Ok(value) = std::env::var("SKIFF_E2E_JAIL") else {
+        return Ok(None);
+    };
+    value
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+        .map(Some)
+        .ok_or(Error::Env {
+            var: "SKIFF_E2E_JAIL (UID:GID)",
+        })
 }
 
 impl TestEnv {
@@ -52,6 +71,12 @@ impl TestEnv {
                 qemu_datadir: var("SKIFF_QEMU_DATADIR")?,
                 mke2fs: var("SKIFF_MKE2FS")?,
                 tmp: var("SKIFF_E2E_TMP")?,
+                skiff_extra_args: std::env::var("SKIFF_E2E_SKIFF_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                jail: jail_ids()?,
             };
             std::fs::create_dir_all(&env.tmp)
                 .map_err(|e| Error::io(format!("cannot create {}", env.tmp.display()), e))?;

@@ -153,7 +153,12 @@ impl GuestSpec {
                     .arg("--vcpus")
                     .arg(self.vcpus.to_string())
                     .arg("--memory")
-                    .arg(format!("{}M", self.memory_mib));
+                    .arg(format!("{}M", self.memory_mib))
+                    .args(&env.skiff_extra_args);
+                let jailed_by_test = self.vmm_args.iter().any(|a| a == "--jail");
+                if let (Some((uid, gid)), false) = (env.jail, jailed_by_test) {
+                    self.jail_args(&mut cmd, env, uid, gid);
+                }
             }
             Vmm::Qemu => {
                 cmd = Command::new(&env.qemu);
@@ -179,6 +184,24 @@ impl GuestSpec {
         }
         cmd.args(&self.vmm_args);
         cmd
+    }
+
+    /// `--jail` in a fresh directory, with the disk images given to the jail's uid (the
+    /// jailed VMM opens them as that uid).
+    fn jail_args(&self, cmd: &mut Command, env: &TestEnv, uid: u32, gid: u32) {
+        let dir = env.scratch("jail");
+        cmd.arg("--jail")
+            .arg(&dir)
+            .args(["--uid", &uid.to_string(), "--gid", &gid.to_string()]);
+        let disks = self
+            .vmm_args
+            .windows(2)
+            .filter(|pair| pair[0] == "--disk")
+            .filter_map(|pair| pair[1].to_str()?.split(',').next()?.strip_prefix("path="));
+        for disk in disks {
+            // A test whose image cannot be chowned fails on opening it, with the path.
+            let _ = std::os::unix::fs::chown(disk, Some(uid), Some(gid));
+        }
     }
 
     /// Boots the guest and waits until the VMM exits (or the timeout kills it).

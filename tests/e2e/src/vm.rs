@@ -153,8 +153,18 @@ impl Vm {
         self.started.elapsed()
     }
 
-    /// The VMM's process id (for `/proc/PID/...`).
+    /// The VMM's process id (for `/proc/PID/...`). A jailed Skiff (`--jail`) runs as the
+    /// only child of the process the harness started (its supervisor): that child's.
     pub fn pid(&self) -> u32 {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(pid)
+    }
+
+    /// The process the harness started: the VMM, or a jailed VMM's supervisor.
+    pub fn spawned_pid(&self) -> u32 {
         self.child.id()
     }
 

@@ -18,6 +18,8 @@ mod daemon;
 mod density;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/jail.rs"]
+mod jail;
 #[path = "e2e/memory.rs"]
 mod memory;
 #[path = "e2e/memory_manager.rs"]
@@ -28,6 +30,8 @@ mod net;
 mod overcommit;
 #[path = "e2e/root.rs"]
 mod root;
+#[path = "e2e/seccomp.rs"]
+mod seccomp;
 #[path = "e2e/vmm.rs"]
 mod vmm;
 #[path = "e2e/vsock.rs"]

@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -76,10 +75,12 @@ impl WorkingSet {
     /// Starts the sampling thread; it runs until the process ends.
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
         let this = self.clone();
-        thread::Builder::new()
-            .name("ws-sampler".into())
-            .stack_size(crate::stacks::SERVICE)
-            .spawn(move || this.run())?;
+        crate::seccomp::spawn(
+            "ws-sampler".into(),
+            crate::seccomp::Role::Sampler,
+            crate::stacks::SERVICE,
+            move || this.run(),
+        )?;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use skiff_api::balloon::{BalloonStats, GuestMemoryStats};
@@ -49,15 +49,17 @@ pub struct StatsTimer {
 impl StatsTimer {
     pub fn spawn(balloon: Arc<Mutex<Balloon>>, interval: Duration) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let thread = thread::Builder::new()
-            .name("balloon-stats".into())
-            .stack_size(crate::stacks::SERVICE)
-            .spawn(move || loop {
+        let thread = crate::seccomp::spawn(
+            "balloon-stats".into(),
+            crate::seccomp::Role::BalloonStats,
+            crate::stacks::SERVICE,
+            move || loop {
                 match stopped.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => lock(&balloon).request_stats(),
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                 }
-            })?;
+            },
+        )?;
         Ok(StatsTimer { stop, thread })
     }
 

@@ -25,6 +25,7 @@ use crate::devices::IoBus;
 use crate::layout::{PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_END, PCI_MMIO_START};
 use crate::memory::GuestRam;
 use crate::mmio::{MmioBus, MmioOverlapError};
+use crate::seccomp::{self, DeviceRole, Role};
 use crate::VmmError;
 use bus::{BarWindow, ConfigPorts, Ecam};
 use interrupts::{GsiRouting, KvmMsiVectors, KvmNotifier};
@@ -149,7 +150,7 @@ pub fn attach(
         workers: Vec::new(),
     };
     let rng = match config.rng {
-        true => Some(builder.add(Rng::default())?),
+        true => Some(builder.add(Rng::default(), DeviceRole::Rng)?),
         false => None,
     };
     let mut disks = Vec::with_capacity(config.disks.len());
@@ -160,12 +161,12 @@ pub fn attach(
             read_only: disk.read_only,
             id: disk.id.clone().unwrap_or_else(|| default_disk_id(index)),
         };
-        disks.push(builder.add(Block::new(Box::new(file), options))?);
+        disks.push(builder.add(Block::new(Box::new(file), options), DeviceRole::Block)?);
     }
     let (balloon, stats_timer) = match &config.balloon {
         Some(settings) => {
             let device = Balloon::new(settings.options, ram.size(), Arc::new(ram.clone()));
-            let attached = builder.add(device)?;
+            let attached = builder.add(device, DeviceRole::Balloon)?;
             let timer = match settings.options.stats {
                 true => Some(
                     balloon::StatsTimer::spawn(attached.device.clone(), settings.stats_interval)
@@ -183,12 +184,12 @@ pub fn attach(
     let mut nics = Vec::with_capacity(config.nics.len());
     for (index, nic) in config.nics.iter().enumerate() {
         let device = net::open_nic(index, nic).map_err(DeviceError::from)?;
-        nics.push(builder.add(device)?);
+        nics.push(builder.add(device, DeviceRole::Net)?);
     }
     let vsock = match config.vsock {
         Some(cid) => {
             let device = net::open_vsock(cid, builder.mem.clone()).map_err(DeviceError::from)?;
-            Some(builder.add(device)?)
+            Some(builder.add(device, DeviceRole::Vsock)?)
         }
         None => None,
     };
@@ -219,7 +220,12 @@ struct Builder {
 }
 
 impl Builder {
-    fn add<D: VirtioDevice + 'static>(&mut self, device: D) -> Result<Attached<D>, VmmError> {
+    /// Puts `device` on the bus with its worker thread, confined to `role`'s filter.
+    fn add<D: VirtioDevice + 'static>(
+        &mut self,
+        device: D,
+        role: DeviceRole,
+    ) -> Result<Attached<D>, VmmError> {
         let name = device.name().to_string();
         let vectors = device.queue_max_sizes().len() + 1;
         let device = Arc::new(Mutex::new(device));
@@ -247,7 +253,8 @@ impl Builder {
                 name: name.clone(),
                 source,
             })?;
-        let worker = Worker::spawn(&name, device.clone(), notify)
+        let spawn = seccomp::spawner(Role::Device(role));
+        let worker = Worker::spawn(&name, device.clone(), notify, &spawn)
             .map_err(|source| DeviceError::Worker { name, source })?;
         self.workers.push(worker);
         Ok(Attached { device, slot })

@@ -6,6 +6,9 @@
 //!   (`quiet`); and the VMM's resident memory outside guest RAM at that moment.
 //! - `tiny`: a ~4 KiB PVH guest that prints one line and halts: the VMM's own start-up.
 //! - `blk`: virtio-blk sequential throughput and random IOPS (`blk.rs`); not in `all`.
+//!
+//! `boot` and `tiny` also run Skiff with its hardening off (`--seccomp=off`, not jailed) and
+//! fully on (seccomp filters and `--jail`), to measure what the hardening costs at start-up.
 
 mod blk;
 
@@ -18,6 +21,8 @@ use skiff_e2e::{vmm_overhead_kib, GuestSpec, KernelKind, TestEnv, Vm, Vmm, INIT_
 
 const MEMORY_MIB: u32 = 256;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The jailed runs' uid and gid (nobody).
+const JAIL_ID: &str = "65534";
 
 /// One configuration under test.
 #[derive(Clone, Copy)]
@@ -26,6 +31,36 @@ struct Case {
     vmm: Vmm,
     kernel: KernelKind,
     console_messages: bool,
+    hardening: Hardening,
+}
+
+/// Skiff's seccomp filters and jail, for the hardening rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hardening {
+    /// Skiff's default: seccomp on, not jailed (and QEMU's rows).
+    Default,
+    /// `--seccomp=off`, not jailed.
+    Off,
+    /// Seccomp on and `--jail`.
+    Jailed,
+}
+
+impl Hardening {
+    /// The `skiff run` arguments, with a fresh jail directory when jailed.
+    fn args(self, env: &TestEnv) -> Vec<std::ffi::OsString> {
+        match self {
+            Hardening::Default => Vec::new(),
+            Hardening::Off => vec!["--seccomp=off".into()],
+            Hardening::Jailed => vec![
+                "--jail".into(),
+                env.scratch("bench-jail").into(),
+                "--uid".into(),
+                JAIL_ID.into(),
+                "--gid".into(),
+                JAIL_ID.into(),
+            ],
+        }
+    }
 }
 
 #[derive(Default)]
@@ -53,40 +88,61 @@ fn main() {
 }
 
 fn boot_cases() -> Vec<Case> {
-    let mut cases = Vec::new();
-    for console_messages in [false, true] {
-        cases.push(Case {
-            name: if console_messages {
-                "skiff, bzImage, console msgs"
-            } else {
-                "skiff, bzImage, quiet"
-            },
-            vmm: Vmm::Skiff,
-            kernel: KernelKind::BzImage,
-            console_messages,
-        });
-        cases.push(Case {
-            name: if console_messages {
-                "skiff, vmlinux, console msgs"
-            } else {
-                "skiff, vmlinux, quiet"
-            },
-            vmm: Vmm::Skiff,
-            kernel: KernelKind::Vmlinux,
-            console_messages,
-        });
-        cases.push(Case {
-            name: if console_messages {
-                "qemu microvm, vmlinux, console msgs"
-            } else {
-                "qemu microvm, vmlinux, quiet"
-            },
-            vmm: Vmm::Qemu,
-            kernel: KernelKind::Vmlinux,
-            console_messages,
-        });
-    }
-    cases
+    let case = |name, vmm, kernel, console_messages, hardening| Case {
+        name,
+        vmm,
+        kernel,
+        console_messages,
+        hardening,
+    };
+    use Hardening::{Default, Jailed, Off};
+    use KernelKind::{BzImage, Vmlinux};
+    vec![
+        case("skiff, bzImage, quiet", Vmm::Skiff, BzImage, false, Default),
+        case("skiff, vmlinux, quiet", Vmm::Skiff, Vmlinux, false, Default),
+        case(
+            "qemu microvm, vmlinux, quiet",
+            Vmm::Qemu,
+            Vmlinux,
+            false,
+            Default,
+        ),
+        case(
+            "skiff, bzImage, console msgs",
+            Vmm::Skiff,
+            BzImage,
+            true,
+            Default,
+        ),
+        case(
+            "skiff, vmlinux, console msgs",
+            Vmm::Skiff,
+            Vmlinux,
+            true,
+            Default,
+        ),
+        case(
+            "qemu microvm, vmlinux, console msgs",
+            Vmm::Qemu,
+            Vmlinux,
+            true,
+            Default,
+        ),
+        case(
+            "skiff, bzImage, quiet, seccomp off",
+            Vmm::Skiff,
+            BzImage,
+            false,
+            Off,
+        ),
+        case(
+            "skiff, bzImage, quiet, seccomp + jail",
+            Vmm::Skiff,
+            BzImage,
+            false,
+            Jailed,
+        ),
+    ]
 }
 
 fn boot_bench(rounds: usize, report: &mut String) {
@@ -103,6 +159,7 @@ fn boot_bench(rounds: usize, report: &mut String) {
             if case.console_messages {
                 spec = spec.cmdline("loglevel=8");
             }
+            spec = spec.vmm_args(case.hardening.args(TestEnv::get()));
             eprint!("  {}: ", case.name);
             match spec.spawn() {
                 Ok(vm) => measure(vm, INIT_READY, samples),
@@ -121,7 +178,11 @@ fn boot_bench(rounds: usize, report: &mut String) {
         report,
         &cases,
         &samples,
-        &[("quiet", 2, &[0, 1]), ("console msgs", 5, &[3, 4])],
+        &[
+            ("quiet", 2, &[0, 1, 6, 7]),
+            ("console msgs", 5, &[3, 4]),
+            ("hardening", 6, &[0, 7]),
+        ],
     );
 }
 
@@ -132,19 +193,22 @@ fn tiny_bench(rounds: usize, report: &mut String) {
         eprintln!("cannot write {}: {e}", image.display());
         return;
     }
+    let case = |name, vmm, hardening| Case {
+        name,
+        vmm,
+        kernel: KernelKind::Vmlinux,
+        console_messages: true,
+        hardening,
+    };
     let cases = [
-        Case {
-            name: "skiff, tiny PVH",
-            vmm: Vmm::Skiff,
-            kernel: KernelKind::Vmlinux,
-            console_messages: true,
-        },
-        Case {
-            name: "qemu microvm, tiny PVH",
-            vmm: Vmm::Qemu,
-            kernel: KernelKind::Vmlinux,
-            console_messages: true,
-        },
+        case("skiff, tiny PVH", Vmm::Skiff, Hardening::Default),
+        case("qemu microvm, tiny PVH", Vmm::Qemu, Hardening::Default),
+        case("skiff, tiny PVH, seccomp off", Vmm::Skiff, Hardening::Off),
+        case(
+            "skiff, tiny PVH, seccomp + jail",
+            Vmm::Skiff,
+            Hardening::Jailed,
+        ),
     ];
     let mut samples: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
     for round in 1..=rounds {
@@ -155,6 +219,7 @@ fn tiny_bench(rounds: usize, report: &mut String) {
                     let mut c = Command::new(&env.skiff_bin);
                     c.arg("run").arg("--kernel").arg(&image);
                     c.args(["--memory", &format!("{MEMORY_MIB}M"), "--no-rng"]);
+                    c.args(case.hardening.args(env));
                     c
                 }
                 Vmm::Qemu => {
@@ -181,7 +246,12 @@ fn tiny_bench(rounds: usize, report: &mut String) {
         report,
         "\n### VMM start-up: tiny PVH guest to its first serial line ({rounds} rounds, {MEMORY_MIB} MiB, medians)\n"
     );
-    table(report, &cases, &samples, &[("tiny", 1, &[0])]);
+    table(
+        report,
+        &cases,
+        &samples,
+        &[("tiny", 1, &[0, 2, 3]), ("hardening", 2, &[0, 3])],
+    );
 }
 
 /// Waits for `marker`, takes the time and the VMM's overhead, then ends the VMM.
@@ -216,7 +286,8 @@ pub(crate) fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
     v.get(v.len() / 2).copied()
 }
 
-/// Rows for every case, then for each group the ratio of each Skiff row to the QEMU row.
+/// Rows for every case, then for each group the ratio of each listed row to the group's
+/// reference row (QEMU's, or Skiff's without hardening).
 fn table(
     report: &mut String,
     cases: &[Case],
