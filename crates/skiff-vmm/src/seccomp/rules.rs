@@ -98,6 +98,8 @@ fn vcpu(r: &mut Rules) -> Result<()> {
     // vhost-vsock activation and reset: memory table, rings, running state.
     requests.extend(ioctls::vhost_vsock_activation());
     r.allow_args(libc::SYS_ioctl, 1, &requests)?;
+    // virtio-blk reset (the driver writes status 0) makes what was written durable.
+    r.allow(libc::SYS_fdatasync);
     Ok(())
 }
 
