@@ -41,7 +41,7 @@ fn a_jailed_vmm_sees_only_its_jail_and_holds_no_privilege() {
         .vmm_arg("--control-socket")
         .vmm_arg(&socket)
         .cmd(
-            "mount /dev/vda /mnt && cat /mnt/hello && echo data > /mnt/written && sync \
+            "mkdir -p /mnt && mount /dev/vda /mnt && cat /mnt/hello && echo data > /mnt/written && sync \
              && echo JAIL-DISK-OK && sleep 600",
         )
         .spawn()
