@@ -75,11 +75,14 @@ impl WorkingSet {
     /// Starts the sampling thread; it runs until the process ends.
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
         let this = self.clone();
+        // Seeded here, not in the thread: its seccomp filter opens no files, and in a static
+        // build the random source falls back to reading /dev/urandom.
+        let rng = seeded_rng();
         crate::seccomp::spawn(
             "ws-sampler".into(),
             crate::seccomp::Role::Sampler,
             crate::stacks::SERVICE,
-            move || this.run(),
+            move || this.run(rng),
         )?;
         Ok(())
     }
@@ -144,8 +147,7 @@ impl WorkingSet {
         pages
     }
 
-    fn run(&self) {
-        let mut rng = seeded_rng();
+    fn run(&self, mut rng: SmallRng) {
         loop {
             let (spec, generation) = self.wait_for_work();
             let pages = choose_pages(&mut rng, self.total_pages, spec.pages);
