@@ -28,11 +28,10 @@ pub(super) fn program(role: Role, mismatch: SeccompAction) -> Result<BpfProgram>
             worker(&mut rules);
             match device {
                 DeviceRole::Block => block(&mut rules),
-                DeviceRole::Rng => rng(&mut rules)?,
                 // Their queues and back ends are eventfds and the tap: read and write, which
-                // every worker has; the balloon's discards are madvise(MADV_DONTNEED), in
-                // the base list.
-                DeviceRole::Net | DeviceRole::Balloon | DeviceRole::Vsock => {}
+                // every worker has; the rng's getrandom and the balloon's discards
+                // (madvise(MADV_DONTNEED)) are in the base list.
+                DeviceRole::Rng | DeviceRole::Net | DeviceRole::Balloon | DeviceRole::Vsock => {}
             }
         }
         Role::BalloonStats => {}
@@ -69,6 +68,8 @@ fn base(r: &mut Rules) -> Result<()> {
     // abort() after a panic: raise(SIGABRT) = tgkill(getpid(), gettid(), SIGABRT).
     r.allow(SYS_getpid).allow(SYS_gettid);
     r.allow_args(SYS_tgkill, 2, &[SIGABRT as u64])?;
+    // A thread's first HashMap/HashSet seeds std's RandomState; virtio-rng's entropy.
+    r.allow(SYS_getrandom);
     Ok(())
 }
 
@@ -100,6 +101,8 @@ fn vcpu(r: &mut Rules) -> Result<()> {
     r.allow_args(libc::SYS_ioctl, 1, &requests)?;
     // virtio-blk reset (the driver writes status 0) makes what was written durable.
     r.allow(libc::SYS_fdatasync);
+    // Device activation and reset drain eventfds and virtio-net's tap.
+    r.allow(libc::SYS_read);
     Ok(())
 }
 
@@ -111,18 +114,15 @@ fn worker(r: &mut Rules) {
         .allow(libc::SYS_read);
 }
 
-/// virtio-blk on a raw image: positioned reads and writes, flush.
+/// virtio-blk on a raw image: positioned reads and writes (vectored, straight between the
+/// image and guest memory), flush.
 fn block(r: &mut Rules) {
     r.allow(libc::SYS_pread64)
         .allow(libc::SYS_pwrite64)
+        .allow(libc::SYS_preadv)
+        .allow(libc::SYS_pwritev)
         .allow(libc::SYS_fdatasync)
         .allow(libc::SYS_fsync);
-}
-
-/// virtio-rng: getrandom(2) with no flags.
-fn rng(r: &mut Rules) -> Result<()> {
-    r.allow_args(libc::SYS_getrandom, 2, &[0])?;
-    Ok(())
 }
 
 /// stdin to the UART; sleeps while its FIFO is full.
