@@ -7,6 +7,7 @@
 //! - `test`: unit tests of the whole workspace, then the e2e suite.
 //! - `demo`: boot real Linux guests and show their console.
 //! - `bench`: Skiff beside QEMU, interleaved, medians and ratios.
+//! - `fuzz`: build the fuzz targets on stable Rust and run each for a bounded time.
 
 mod apt;
 mod assets;
@@ -16,6 +17,7 @@ mod console;
 mod cpio;
 mod demo;
 mod e2e;
+mod fuzz;
 mod guest;
 mod host;
 mod hostfs;
@@ -58,6 +60,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks: Skiff beside QEMU in the same run, interleaved (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Build the fuzz targets (stable Rust, libFuzzer) and run each for a bounded time.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Test(args) => test::main(args),
         Command::Demo(args) => demo::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Fuzz(args) => fuzz::main(args),
     }
 }
 

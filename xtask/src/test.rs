@@ -1,5 +1,5 @@
 //! `cargo xtask test`: what CI runs. Installs missing Debian packages, runs the unit
-//! tests of the whole workspace, then the e2e suite; the output ends with the e2e
+//! tests of the whole workspace, a short run of each fuzz target, then the e2e suite; the output ends with the e2e
 //! runner's summary line, and the exit status is non-zero if anything failed.
 
 use std::process::{Command, ExitCode};
@@ -7,7 +7,10 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result};
 
 use crate::e2e::{self, E2eArgs};
-use crate::{apt, paths, ModeOpt};
+use crate::{apt, fuzz, paths, ModeOpt};
+
+/// Seconds each fuzz target runs in `cargo xtask test` (docs/fuzzing.md has longer runs).
+const CI_FUZZ_SECONDS: u64 = 30;
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -25,6 +28,19 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
     if !unit {
         eprintln!("error: unit tests failed; running the e2e suite anyway");
     }
+    // --- Fuzzing step: every target in fuzz/ for CI_FUZZ_SECONDS (about 6 min for 12
+    // targets, plus the instrumented build). A crash fails the run; its input is kept in
+    // the cache's fuzz/artifacts/. ---
+    let fuzzed = match fuzz::targets().and_then(|t| fuzz::run(&t, CI_FUZZ_SECONDS)) {
+        Ok(ok) => ok,
+        Err(e) => {
+            eprintln!("error: fuzzing: {e:#}");
+            false
+        }
+    };
+    if !fuzzed {
+        eprintln!("error: a fuzz target failed; running the e2e suite anyway");
+    }
     let e2e_status = e2e::run(&E2eArgs {
         filter: args.filter,
         mode: args.mode,
@@ -32,7 +48,7 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
         timeout: 1800,
         test_args: Vec::new(),
     })?;
-    Ok(if unit && e2e_status == 0 {
+    Ok(if unit && fuzzed && e2e_status == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

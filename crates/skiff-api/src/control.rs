@@ -43,6 +43,14 @@ pub enum ControlRequest {
     },
 }
 
+impl ControlRequest {
+    /// Parses one request line as it arrives on the socket (surrounding whitespace and the
+    /// newline ignored). The one parser of untrusted control input, fuzzed as such.
+    pub fn from_line(line: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(line.trim())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
@@ -119,6 +127,8 @@ mod tests {
         let req: ControlRequest =
             serde_json::from_str(r#"{"command":"balloon","target_mib":256}"#).expect("parse");
         assert_eq!(req, ControlRequest::Balloon { target_mib: 256 });
+        let line = ControlRequest::from_line(" {\"command\":\"stop\"}\r\n").expect("line");
+        assert_eq!(line, ControlRequest::Stop);
         let text = serde_json::to_string(&ControlResponse::error("no")).expect("json");
         assert_eq!(text, r#"{"status":"error","message":"no"}"#);
         let text = serde_json::to_string(&ControlResponse::ok()).expect("json");

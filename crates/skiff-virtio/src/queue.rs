@@ -5,7 +5,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::chain::{Chain, ChainError};
@@ -45,7 +45,7 @@ where
     loop {
         queue.disable_notification(mem)?;
         check_avail_index(queue, mem)?;
-        while let Some(desc_chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(desc_chain) = pop_chain(queue, mem)? {
             let chain = Chain::parse(desc_chain, mem, max_buffers)?;
             let len = handle(mem, &chain)?;
             queue.add_used(mem, chain.head, len)?;
@@ -57,6 +57,17 @@ where
         }
     }
     Ok(used && queue.needs_notification(mem)?)
+}
+
+/// The next available chain, if any. Unlike virtio-queue's `pop_descriptor_chain`, a
+/// queue that virtio-queue refuses to walk (its avail ring at guest address 0) is an error
+/// rather than "nothing available": the notification re-arming loops above would
+/// otherwise see the driver's pending chains forever and spin (found by fuzzing).
+pub(crate) fn pop_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, QueueError> {
+    Ok(queue.iter(mem)?.next())
 }
 
 /// virtio-queue drops an impossible avail index silently; we want to know.
@@ -108,6 +119,32 @@ mod tests {
             .read_obj(vq.used_addr().checked_add(2).expect("addr"))
             .expect("used idx");
         assert_eq!(used_idx, 3);
+    }
+
+    /// Regression (fuzz target `rng`): an avail ring at address 0 with a chain pending
+    /// made `drain` spin forever, holding the device lock.
+    #[test]
+    fn an_avail_ring_at_address_zero_is_an_error_not_a_hang() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).expect("mem");
+            let mut q = Queue::new(16).expect("queue");
+            q.try_set_desc_table_address(GuestAddress(0x1000))
+                .expect("desc");
+            q.try_set_avail_ring_address(GuestAddress(0))
+                .expect("avail");
+            q.try_set_used_ring_address(GuestAddress(0x2000))
+                .expect("used");
+            q.set_event_idx(true);
+            q.set_ready(true);
+            // One chain pending: avail idx 1.
+            mem.write_obj(1u16, GuestAddress(2)).expect("avail idx");
+            let _ = tx.send(drain(&mut q, &mem, 4, |_, _| Ok(0)).map_err(|e| e.to_string()));
+        });
+        let out = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("drain returned");
+        assert!(out.is_err(), "{out:?}");
     }
 
     #[test]

@@ -64,7 +64,7 @@ fn serve_client(stream: UnixStream, vm: &VmHandle) -> std::io::Result<()> {
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
-        let response = match serde_json::from_str::<ControlRequest>(line.trim()) {
+        let response = match ControlRequest::from_line(&line) {
             Ok(request) => handle(request, vm),
             Err(e) => ControlResponse::error(format!("bad request: {e}")),
         };

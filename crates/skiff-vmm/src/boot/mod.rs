@@ -3,19 +3,20 @@
 
 pub mod acpi;
 pub mod entry;
+pub mod kernel;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
+use linux_loader::loader::{self, Cmdline};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 pub use entry::EntryPoint;
+pub use kernel::{load_kernel, KernelError, LoadedKernel};
 
 use crate::layout::{
     ACPI_TABLES, ACPI_TABLES_END, CMDLINE, CMDLINE_MAX, EBDA, HIGH_RAM, PVH_INFO, ZERO_PAGE,
@@ -28,9 +29,6 @@ const E820_RESERVED: u32 = 2;
 const LINUX_CMDLINE_MAX: usize = 2048;
 /// Boot protocol: the 64-bit entry is 0x200 past the protected-mode code.
 const STARTUP_64_OFFSET: u64 = 0x200;
-const BOOT_MAGIC: u16 = 0xaa55;
-const HDRS_MAGIC: u32 = 0x5372_6448; // "HdrS"
-const XLF_KERNEL_64: u16 = 1;
 const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 const LOADFLAG_CAN_USE_HEAP: u8 = 0x80;
 const PVH_MAGIC: u32 = 0x336e_c578;
@@ -84,138 +82,89 @@ pub struct BootSpec<'a> {
     pub vcpus: u32,
 }
 
-enum KernelKind {
-    BzImage,
-    Elf,
-}
-
 /// Loads everything into guest memory and returns where the boot vCPU starts.
 pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<EntryPoint, BootError> {
     let mem = ram.memory();
     let path = spec.kernel;
-    let kernel_io = |source| BootError::KernelIo {
+    let mut file = File::open(path).map_err(|source| BootError::KernelIo {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = File::open(path).map_err(kernel_io)?;
-    let kind = detect_kernel(&mut file)
-        .map_err(kernel_io)?
-        .ok_or_else(|| BootError::NotAKernel {
-            path: path.to_path_buf(),
-        })?;
-    let load_err = |e: loader::Error| BootError::Load {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    })?;
+    let kernel = load_kernel(mem, &mut file).map_err(|e| kernel_error(path, e))?;
+    drop(file);
     let rsdp = acpi::write_tables(mem, spec.vcpus)?;
     let e820 = e820_map(ram);
 
-    let entry =
-        match kind {
-            KernelKind::BzImage => {
-                let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM)))
-                    .map_err(load_err)?;
-                drop(file);
-                let header = loaded.setup_header.ok_or_else(|| BootError::Load {
-                    path: path.to_path_buf(),
-                    reason: "no setup header".into(),
-                })?;
-                if header.version < 0x20c || header.xloadflags & XLF_KERNEL_64 == 0 {
-                    return Err(BootError::NoLongModeEntry {
-                        path: path.to_path_buf(),
-                    });
-                }
-                let cmdline_max = (header.cmdline_size as usize).clamp(255, LINUX_CMDLINE_MAX);
-                let cmdline_len = write_cmdline(ram, spec.cmdline, cmdline_max)?;
-                let initrd_limit = u64::from(header.initrd_addr_max).saturating_add(1);
-                let initrd = match spec.initrd {
-                    Some(p) => Some(load_initrd(ram, p, loaded.kernel_end, initrd_limit)?),
-                    None => None,
-                };
+    let entry = match kernel {
+        LoadedKernel::BzImage {
+            header,
+            load_addr,
+            end,
+        } => {
+            let cmdline_max = (header.cmdline_size as usize).clamp(255, LINUX_CMDLINE_MAX);
+            let cmdline_len = write_cmdline(ram, spec.cmdline, cmdline_max)?;
+            let initrd_limit = u64::from(header.initrd_addr_max).saturating_add(1);
+            let initrd = match spec.initrd {
+                Some(p) => Some(load_initrd(ram, p, end, initrd_limit)?),
+                None => None,
+            };
 
-                let mut params = boot_params {
-                    hdr: header,
-                    ..Default::default()
-                };
-                params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
-                params.hdr.loadflags |= LOADFLAG_CAN_USE_HEAP;
-                params.hdr.heap_end_ptr = 0xfe00;
-                params.hdr.cmd_line_ptr = CMDLINE as u32;
-                params.hdr.cmdline_size = cmdline_len as u32;
-                if let Some((addr, size)) = initrd {
-                    params.hdr.ramdisk_image = addr as u32;
-                    params.hdr.ramdisk_size = size as u32;
-                }
-                params.acpi_rsdp_addr = rsdp.0;
-                params.e820_entries = e820.len() as u8;
-                for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
-                    *slot = boot_e820_entry {
-                        addr: e.addr,
-                        size: e.size,
-                        r#type: e.kind,
-                    };
-                }
-                mem.write_obj(params, GuestAddress(ZERO_PAGE))?;
-                EntryPoint::Linux64 {
-                    rip: loaded.kernel_load.0 + STARTUP_64_OFFSET,
-                    zero_page: ZERO_PAGE,
-                }
+            let mut params = boot_params {
+                hdr: header,
+                ..Default::default()
+            };
+            params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+            params.hdr.loadflags |= LOADFLAG_CAN_USE_HEAP;
+            params.hdr.heap_end_ptr = 0xfe00;
+            params.hdr.cmd_line_ptr = CMDLINE as u32;
+            params.hdr.cmdline_size = cmdline_len as u32;
+            if let Some((addr, size)) = initrd {
+                params.hdr.ramdisk_image = addr as u32;
+                params.hdr.ramdisk_size = size as u32;
             }
-            KernelKind::Elf => {
-                let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_RAM)))
-                    .map_err(|e| BootError::NotVmlinux {
-                        path: path.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
-                drop(file);
-                let PvhBootCapability::PvhEntryPresent(rip) = loaded.pvh_boot_cap else {
-                    return Err(BootError::NoPvhEntry {
-                        path: path.to_path_buf(),
-                    });
+            params.acpi_rsdp_addr = rsdp.0;
+            params.e820_entries = e820.len() as u8;
+            for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
+                *slot = boot_e820_entry {
+                    addr: e.addr,
+                    size: e.size,
+                    r#type: e.kind,
                 };
-                write_cmdline(ram, spec.cmdline, LINUX_CMDLINE_MAX)?;
-                let initrd = match spec.initrd {
-                    Some(p) => Some(load_initrd(ram, p, loaded.kernel_end, u64::MAX)?),
-                    None => None,
-                };
-                write_pvh_start_info(ram, &e820, rsdp.0, initrd)?;
-                EntryPoint::Pvh {
-                    rip: rip.0,
-                    start_info: PVH_INFO,
-                }
             }
-        };
+            mem.write_obj(params, GuestAddress(ZERO_PAGE))?;
+            EntryPoint::Linux64 {
+                rip: load_addr + STARTUP_64_OFFSET,
+                zero_page: ZERO_PAGE,
+            }
+        }
+        LoadedKernel::Pvh { entry, end } => {
+            write_cmdline(ram, spec.cmdline, LINUX_CMDLINE_MAX)?;
+            let initrd = match spec.initrd {
+                Some(p) => Some(load_initrd(ram, p, end, u64::MAX)?),
+                None => None,
+            };
+            write_pvh_start_info(ram, &e820, rsdp.0, initrd)?;
+            EntryPoint::Pvh {
+                rip: entry,
+                start_info: PVH_INFO,
+            }
+        }
+    };
     entry::write_boot_structures(mem, &entry)?;
     Ok(entry)
 }
 
-fn detect_kernel(file: &mut File) -> std::io::Result<Option<KernelKind>> {
-    let mut head = [0u8; 0x210];
-    file.seek(SeekFrom::Start(0))?;
-    let n = read_up_to(file, &mut head)?;
-    file.seek(SeekFrom::Start(0))?;
-    if n >= 4 && head[..4] == *b"\x7fELF" {
-        return Ok(Some(KernelKind::Elf));
+/// A kernel loading error with the image's name.
+fn kernel_error(path: &Path, e: KernelError) -> BootError {
+    let path = path.to_path_buf();
+    match e {
+        KernelError::Io(source) => BootError::KernelIo { path, source },
+        KernelError::NotAKernel => BootError::NotAKernel { path },
+        KernelError::NotVmlinux(reason) => BootError::NotVmlinux { path, reason },
+        KernelError::NoPvhEntry => BootError::NoPvhEntry { path },
+        KernelError::NoLongModeEntry => BootError::NoLongModeEntry { path },
+        KernelError::Load(reason) => BootError::Load { path, reason },
     }
-    if n >= 0x206 {
-        let boot_flag = u16::from_le_bytes([head[0x1fe], head[0x1ff]]);
-        let magic = u32::from_le_bytes([head[0x202], head[0x203], head[0x204], head[0x205]]);
-        if boot_flag == BOOT_MAGIC && magic == HDRS_MAGIC {
-            return Ok(Some(KernelKind::BzImage));
-        }
-    }
-    Ok(None)
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 fn write_cmdline(ram: &GuestRam, text: &str, max: usize) -> Result<usize, BootError> {

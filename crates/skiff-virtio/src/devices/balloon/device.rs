@@ -15,7 +15,7 @@ use super::{
 use crate::chain::{Chain, ChainError};
 use crate::device::{ActivateError, Activation, DeviceState, VirtioDevice};
 use crate::features::COMMON;
-use crate::queue::{check_avail_index, QueueError};
+use crate::queue::{check_avail_index, pop_chain, QueueError};
 
 /// Descriptors per chain accepted (a reporting chain holds up to 32 blocks).
 const MAX_CHAIN: usize = QUEUE_SIZE as usize;
@@ -169,7 +169,7 @@ impl Balloon {
             loop {
                 queue.disable_notification(mem)?;
                 check_avail_index(queue, mem)?;
-                while let Some(desc_chain) = queue.pop_descriptor_chain(mem) {
+                while let Some(desc_chain) = pop_chain(queue, mem)? {
                     let chain = Chain::parse(desc_chain, mem, MAX_CHAIN)?;
                     latest = Some(read_stats(mem, &chain)?);
                     // A driver only has one stats buffer; if it sent another, give the

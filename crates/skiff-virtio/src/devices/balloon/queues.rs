@@ -156,11 +156,15 @@ pub fn report_ranges(chain: &Chain, discard: &dyn Discard) -> u64 {
         .iter()
         .chain(chain.readable.iter())
         .map(|b: &Buffer| {
-            let start = b.addr.0.next_multiple_of(PAGE_SIZE);
-            let end = (b.addr.0 + u64::from(b.len)) & !(PAGE_SIZE - 1);
-            match end > start {
-                true => discard_range(discard, start, end - start, "free page report"),
-                false => 0,
+            // Checked: a zero-length buffer passes the RAM check at any address, even
+            // the top of the address space (found by fuzzing).
+            let start = b.addr.0.checked_next_multiple_of(PAGE_SIZE);
+            let end = b.addr.0.checked_add(u64::from(b.len));
+            match (start, end.map(|e| e & !(PAGE_SIZE - 1))) {
+                (Some(start), Some(end)) if end > start => {
+                    discard_range(discard, start, end - start, "free page report")
+                }
+                _ => 0,
             }
         })
         .sum()
@@ -256,6 +260,29 @@ mod tests {
             writable: vec![],
         };
         assert_eq!(read_pfns(&mem, &chain).expect("pfns"), vec![7, 8, 9]);
+    }
+
+    /// Regression (fuzz target `balloon_reporting`): an empty buffer near the top of the
+    /// address space overflowed rounding its start up to a page.
+    #[test]
+    fn empty_buffers_at_the_top_of_the_address_space_discard_nothing() {
+        let rec = Recorder::default();
+        let chain = Chain {
+            head: 0,
+            readable: vec![],
+            writable: vec![
+                Buffer {
+                    addr: GuestAddress(u64::MAX - 5),
+                    len: 0,
+                },
+                Buffer {
+                    addr: GuestAddress(u64::MAX),
+                    len: 0,
+                },
+            ],
+        };
+        assert_eq!(report_ranges(&chain, &rec), 0);
+        assert!(rec.0.lock().expect("lock").is_empty());
     }
 
     #[test]

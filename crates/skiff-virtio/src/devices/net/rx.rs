@@ -8,7 +8,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{HDR_LEN, MAX_CHAIN, MAX_FRAME, NUM_BUFFERS_OFFSET};
 use crate::chain::{Chain, Cursor};
-use crate::queue::{check_avail_index, QueueError};
+use crate::queue::{check_avail_index, pop_chain, QueueError};
 
 /// A frame read from the tap that no receive buffer has taken yet.
 pub struct Pending {
@@ -77,7 +77,7 @@ pub fn deliver(
             break;
         }
         check_avail_index(queue, mem)?;
-        let Some(desc_chain) = queue.pop_descriptor_chain(mem) else {
+        let Some(desc_chain) = pop_chain(queue, mem)? else {
             // Out of buffers: ask for a notification, unless some arrived meanwhile.
             if queue.enable_notification(mem)? {
                 queue.disable_notification(mem)?;
