@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{GuestAddress, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 
 use crate::layout::HIGH_RAM;
 
@@ -31,6 +31,8 @@ pub enum KernelError {
     NoLongModeEntry,
     #[error("{0}")]
     Load(String),
+    #[error("it needs guest memory up to {end:#x}, more than the guest has")]
+    TooLarge { end: u64 },
 }
 
 /// A kernel in guest memory.
@@ -60,8 +62,26 @@ enum Kind {
     Elf,
 }
 
-/// Loads the kernel in `image` above [`HIGH_RAM`].
+/// Loads the kernel in `image` above [`HIGH_RAM`]; it must fit in guest RAM whole, its
+/// zero-filled part (an ELF segment's memory size beyond its file size) included.
 pub fn load_kernel<F>(mem: &GuestMemoryMmap, image: &mut F) -> Result<LoadedKernel, KernelError>
+where
+    F: Read + ReadVolatile + Seek,
+{
+    let kernel = load_image(mem, image)?;
+    // linux-loader checks what it copies, not the ELF's zero-filled tail (found by fuzzing).
+    let end = kernel.end();
+    let fits = end
+        .checked_sub(HIGH_RAM)
+        .and_then(|len| usize::try_from(len).ok())
+        .is_some_and(|len| GuestMemoryBackend::check_range(mem, GuestAddress(HIGH_RAM), len));
+    if !fits {
+        return Err(KernelError::TooLarge { end });
+    }
+    Ok(kernel)
+}
+
+fn load_image<F>(mem: &GuestMemoryMmap, image: &mut F) -> Result<LoadedKernel, KernelError>
 where
     F: Read + ReadVolatile + Seek,
 {
@@ -150,5 +170,58 @@ mod tests {
         assert!(matches!(err, Err(KernelError::Load(_))), "{err:?}");
         let err = load_kernel(&m, &mut Cursor::new(b"\x7fELF\x02\x01".to_vec()));
         assert!(matches!(err, Err(KernelError::NotVmlinux(_))), "{err:?}");
+    }
+
+    /// A 64-bit ELF with one PT_LOAD of 16 bytes of `hlt` at 1 MiB (`memsz` in memory) and
+    /// a PT_NOTE holding the PVH entry (XEN_ELFNOTE_PHYS32_ENTRY, 18).
+    fn pvh_elf(memsz: u64) -> Vec<u8> {
+        const EHDR: usize = 64;
+        const PHDR: usize = 56;
+        const NOTE: usize = EHDR + 2 * PHDR;
+        const CODE: usize = 0x100;
+        let mut e = vec![0u8; CODE + 16];
+        let mut put = |at: usize, bytes: &[u8]| e[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, b"\x7fELF\x02\x01\x01");
+        put(16, &2u16.to_le_bytes()); // ET_EXEC
+        put(18, &0x3eu16.to_le_bytes()); // x86-64
+        put(20, &1u32.to_le_bytes());
+        put(24, &HIGH_RAM.to_le_bytes()); // e_entry
+        put(32, &(EHDR as u64).to_le_bytes()); // e_phoff
+        put(52, &(EHDR as u16).to_le_bytes());
+        put(54, &(PHDR as u16).to_le_bytes());
+        put(56, &2u16.to_le_bytes()); // e_phnum
+        let phdr = |kind: u32, offset: u64, addr: u64, filesz: u64, memsz: u64| {
+            let mut p = Vec::new();
+            p.extend_from_slice(&kind.to_le_bytes());
+            p.extend_from_slice(&5u32.to_le_bytes());
+            for v in [offset, addr, addr, filesz, memsz, 0x1000] {
+                p.extend_from_slice(&v.to_le_bytes());
+            }
+            p
+        };
+        put(EHDR, &phdr(1, CODE as u64, HIGH_RAM, 16, memsz));
+        put(EHDR + PHDR, &phdr(4, NOTE as u64, 0, 20, 20));
+        let mut note = Vec::new();
+        for v in [4u32, 4, 18] {
+            note.extend_from_slice(&v.to_le_bytes());
+        }
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&(HIGH_RAM as u32).to_le_bytes());
+        put(NOTE, &note);
+        put(CODE, &[0xf4; 16]);
+        e
+    }
+
+    #[test]
+    fn a_pvh_elf_loads_and_one_larger_than_ram_is_refused() {
+        let m = mem();
+        let ok = load_kernel(&m, &mut Cursor::new(pvh_elf(0x1000))).expect("loads");
+        assert!(
+            matches!(ok, LoadedKernel::Pvh { entry, end } if entry == HIGH_RAM && end == HIGH_RAM + 0x1000),
+            "{ok:?}"
+        );
+        // Regression (fuzz target `kernel`): a zero-filled tail far past RAM was accepted.
+        let err = load_kernel(&m, &mut Cursor::new(pvh_elf(0x5d_0000_1010)));
+        assert!(matches!(err, Err(KernelError::TooLarge { .. })), "{err:?}");
     }
 }

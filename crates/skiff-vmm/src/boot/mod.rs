@@ -164,6 +164,10 @@ fn kernel_error(path: &Path, e: KernelError) -> BootError {
         KernelError::NoPvhEntry => BootError::NoPvhEntry { path },
         KernelError::NoLongModeEntry => BootError::NoLongModeEntry { path },
         KernelError::Load(reason) => BootError::Load { path, reason },
+        e @ KernelError::TooLarge { .. } => BootError::Load {
+            path,
+            reason: e.to_string(),
+        },
     }
 }
 
