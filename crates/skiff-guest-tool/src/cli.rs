@@ -64,6 +64,12 @@ COMMANDS
       request in flight: the queue depth is T. Writes end with fdatasync,
       counted in the time. Prints mode, threads, block_bytes, ops, bytes,
       elapsed_s, throughput_mib_s, iops.
+  virtio-abuse PCI_ADDRESS CASE... [--other PATH]
+      Take the virtio-rng or virtio-blk device at PCI_ADDRESS from its kernel
+      driver, drive it from user space and post each malformed chain CASE
+      ('all': every case for the device). Prints one 'case name=.. ok=0|1 ...'
+      line per case; with --other, the SHA-256 of the first 64 KiB of PATH (another
+      disk) after each. Fails unless every case ended as expected. Root only.
   help                          This text.
 ";
 
@@ -121,6 +127,12 @@ pub enum Command {
         port: u32,
         message: String,
         timeout: f64,
+    },
+    /// Malformed descriptor chains from a user-space virtio driver.
+    VirtioAbuse {
+        address: String,
+        cases: Vec<String>,
+        other: Option<PathBuf>,
     },
 }
 
@@ -455,6 +467,22 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 },
             })
         }
+        "virtio-abuse" => {
+            let p = split(cmd, rest, &["other"], &[])?;
+            let Some((address, cases)) = p.positionals.split_first() else {
+                return Err(Error::usage("virtio-abuse: expected PCI_ADDRESS CASE..."));
+            };
+            if cases.is_empty() {
+                return Err(Error::usage(
+                    "virtio-abuse: name at least one CASE (or all)",
+                ));
+            }
+            Ok(Command::VirtioAbuse {
+                address: address.clone(),
+                cases: cases.to_vec(),
+                other: p.value("other").map(PathBuf::from),
+            })
+        }
         other => Err(Error::usage(format!("unknown command '{other}'"))),
     }
 }
@@ -680,5 +708,19 @@ mod tests {
         assert_eq!((job.block, job.region, job.threads), (1 << 20, 64 << 20, 1));
         assert!(usage_err("iobench /dev/vdb read").contains("unknown MODE"));
         assert!(usage_err("iobench /dev/vdb seq-read --threads 0").contains("at least 1"));
+    }
+
+    #[test]
+    fn virtio_abuse_args() {
+        assert_eq!(
+            ok("virtio-abuse 0000:00:01.0 next-loop outside-ram --other /dev/vda"),
+            Command::VirtioAbuse {
+                address: "0000:00:01.0".into(),
+                cases: vec!["next-loop".into(), "outside-ram".into()],
+                other: Some(PathBuf::from("/dev/vda")),
+            }
+        );
+        assert!(usage_err("virtio-abuse 0000:00:01.0").contains("CASE"));
+        assert!(usage_err("virtio-abuse").contains("PCI_ADDRESS"));
     }
 }

@@ -23,7 +23,6 @@ pub struct Digested {
 }
 
 /// SHA-256 of a byte string, hex encoded.
-#[cfg(test)]
 pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }

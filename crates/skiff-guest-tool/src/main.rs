@@ -16,6 +16,7 @@ mod mem;
 mod meminfo;
 mod net;
 mod output;
+mod virtio_abuse;
 mod vsock;
 
 use std::process::ExitCode;
@@ -142,6 +143,11 @@ fn run(cmd: Command) -> Result<()> {
             message,
             timeout,
         } => vsock::send(cid, port, &message, timeout),
+        Command::VirtioAbuse {
+            address,
+            cases,
+            other,
+        } => virtio_abuse::run(&address, &cases, other.as_deref()),
     }
 }
 

@@ -30,7 +30,7 @@ pub use ctl::ctl;
 pub use disk::make_ext4;
 pub use env::TestEnv;
 pub use error::Error;
-pub use output::RunOutput;
+pub use output::{value, RunOutput};
 pub use smaps::vmm_overhead_kib;
 pub use spec::{GuestSpec, KernelKind, Vmm};
 pub use vm::{Signal, Vm};

@@ -25,6 +25,13 @@ pub struct RunOutput {
     pub total: Duration,
 }
 
+/// The value of the first `key=value` line in `text` (the guest tool's output format).
+pub fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+}
+
 /// Kernel log lines look like `[    1.234567] ...`.
 fn is_kernel_log(line: &str) -> bool {
     line.trim_start()

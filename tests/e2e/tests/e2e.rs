@@ -28,6 +28,8 @@ mod memory_manager;
 mod net;
 #[path = "e2e/overcommit.rs"]
 mod overcommit;
+#[path = "e2e/robustness.rs"]
+mod robustness;
 #[path = "e2e/root.rs"]
 mod root;
 #[path = "e2e/seccomp.rs"]

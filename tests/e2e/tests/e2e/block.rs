@@ -4,14 +4,7 @@
 
 use std::time::Duration;
 
-use skiff_e2e::{make_ext4, GuestSpec, Signal, TestEnv, Vmm};
-
-/// The value of the first `key=value` line in `text`.
-fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let prefix = format!("{key}=");
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
-}
+use skiff_e2e::{make_ext4, value, GuestSpec, Signal, TestEnv, Vmm};
 
 #[test]
 fn flushed_data_survives_a_sigkill_of_the_vmm() {
