@@ -18,6 +18,8 @@ mod daemon;
 mod density;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/idle_tax.rs"]
+mod idle_tax;
 #[path = "e2e/jail.rs"]
 mod jail;
 #[path = "e2e/memory.rs"]

@@ -217,12 +217,12 @@ fn ksm_merges_identical_guests_and_the_vmm_reports_it() {
 }
 
 /// A zram swap device for a test; swapped off and reset on drop.
-struct ZramSwap;
+pub(crate) struct ZramSwap;
 
 const ZRAM: &str = "/sys/block/zram0";
 
 impl ZramSwap {
-    fn start(size_mib: u64) -> Self {
+    pub(crate) fn start(size_mib: u64) -> Self {
         assert!(
             Path::new(ZRAM).exists(),
             "no /dev/zram0: the host needs the zram module (the emulated host loads it)"
