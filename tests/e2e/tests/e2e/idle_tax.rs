@@ -115,11 +115,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn one_run(tau: &str) -> Outcome {
     let env = TestEnv::get();
     let dir = env.scratch(&format!("idle-tax-{tau}"));
-    let daemon = Daemon::start_with(
-        &dir,
-        None,
-        &["--memory-budget", BUDGET, "--idle-tax", tau],
-    );
+    let daemon = Daemon::start_with(&dir, None, &["--memory-budget", BUDGET, "--idle-tax", tau]);
     let disk = dir.join("cache.img");
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(384 * MIB))
