@@ -3,6 +3,8 @@
 
 #[path = "e2e/balloon.rs"]
 mod balloon;
+#[path = "e2e/balloon_overhead.rs"]
+mod balloon_overhead;
 #[path = "e2e/block.rs"]
 mod block;
 #[path = "e2e/boot.rs"]
@@ -30,6 +32,8 @@ mod memory_manager;
 mod net;
 #[path = "e2e/overcommit.rs"]
 mod overcommit;
+#[path = "e2e/page_sharing.rs"]
+mod page_sharing;
 #[path = "e2e/robustness.rs"]
 mod robustness;
 #[path = "e2e/root.rs"]
