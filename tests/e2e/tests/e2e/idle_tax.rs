@@ -14,6 +14,7 @@ use skiff_host::model::{HostStatus, VmInfo};
 
 use crate::daemon::Daemon;
 use crate::memory::ZramSwap;
+use crate::memory_manager::run as create;
 
 const MIB: u64 = 1 << 20;
 /// Below the two maxes (2 × 512 MiB), above the two working sets' mins.
@@ -41,21 +42,6 @@ fn spec(name: &str, cmd: &str, disk: Option<&std::path::Path>) -> serde_json::Va
         "disks": disks,
         "working_set": { "period_secs": SAMPLING_SECS, "pages": 100 },
     })
-}
-
-fn create(daemon: &Daemon, spec: &serde_json::Value) {
-    let body = serde_json::to_vec(spec).expect("json");
-    let response = daemon
-        .client()
-        .blocking("POST", "/vms?start=true", Some(body))
-        .expect("API");
-    assert!(
-        response.status < 300,
-        "create {}: {}\n{}",
-        spec["name"],
-        response.text(),
-        daemon.log()
-    );
 }
 
 fn console(vm: &VmInfo) -> String {
