@@ -124,5 +124,8 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
     privileges::set_hostname()?;
     privileges::set_limits(&spec.limits)?;
     privileges::drop_to(spec.uid, spec.gid)?;
+    // Changing credentials cleared the parent-death signal set after the fork: set it
+    // again, or a killed supervisor would leave the VMM running.
+    process::die_with_parent()?;
     Ok(())
 }

@@ -41,15 +41,19 @@ pub fn fork_into_pid_namespace() -> Result<Forked, JailError> {
     match pid {
         -1 => Err(JailError::step("fork")(std::io::Error::last_os_error())),
         0 => {
-            // The jailed VMM must not outlive its supervisor (killed by the daemon or a
-            // test harness).
-            // SAFETY: PR_SET_PDEATHSIG takes a signal number.
-            check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
-                .map_err(JailError::step("set the parent-death signal"))?;
+            die_with_parent()?;
             Ok(Forked::Child)
         }
         child => Ok(Forked::Parent { child }),
     }
+}
+
+/// The jailed VMM must not outlive its supervisor (killed by the daemon or a test harness):
+/// SIGKILL when it dies. Credential changes clear this, so [`crate::enter`] sets it again.
+pub(crate) fn die_with_parent() -> Result<(), JailError> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
+        .map_err(JailError::step("set the parent-death signal"))
 }
 
 /// Waits for the jailed child, forwarding SIGINT, SIGTERM and SIGHUP to it, and returns the
