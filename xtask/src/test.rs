@@ -45,7 +45,9 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
         filter: args.filter,
         mode: args.mode,
         memory: "8G".into(),
-        timeout: 1800,
+        // A guard against a hung emulated host, not a budget: the suite takes ~15-20 min on
+        // two quiet cores and much longer on a loaded machine.
+        timeout: 3000,
         test_args: Vec::new(),
     })?;
     Ok(if unit && fuzzed && e2e_status == 0 {
