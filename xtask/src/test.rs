@@ -45,8 +45,8 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
         filter: args.filter,
         mode: args.mode,
         memory: "8G".into(),
-        // A guard against a hung emulated host, not a budget: the suite takes ~15-20 min on
-        // two quiet cores and much longer on a loaded machine.
+        // A guard against a hung emulated host, not a budget: on a loaded machine the
+        // suite has taken longer than 30 minutes.
         timeout: 3000,
         test_args: Vec::new(),
     })?;
