@@ -141,7 +141,8 @@ impl Vm {
             },
         )?;
         let sampling = config.working_set.period_secs > 0;
-        let slots = GuestSlots::register(vm_fd.clone(), &ram, sampling)?;
+        // Without logging: the sampler turns it on once the guest has booted.
+        let slots = GuestSlots::register(vm_fd.clone(), &ram, false)?;
         if sampling && !slots.can_log() {
             log::warn!("this KVM cannot sample the working set (no manual dirty log protection)");
         }
