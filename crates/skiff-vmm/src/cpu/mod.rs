@@ -127,7 +127,10 @@ impl Vcpu {
                 Ok(VcpuExit::MmioRead(addr, data)) => self.mmio.read(addr, data),
                 Ok(VcpuExit::MmioWrite(addr, data)) => self.mmio.write(addr, data),
                 Ok(VcpuExit::Hlt) => {}
-                Ok(VcpuExit::Shutdown) => break VmExit::TripleFault { vcpu: self.id },
+                Ok(VcpuExit::Shutdown) => {
+                    self.log_state("triple fault");
+                    break VmExit::TripleFault { vcpu: self.id };
+                }
                 Ok(VcpuExit::FailEntry(reason, _)) => {
                     break VmExit::FailEntry {
                         vcpu: self.id,
@@ -165,6 +168,31 @@ impl Vcpu {
             }
         };
         self.exits.send(exit);
+    }
+
+    /// Logs where the guest was when it stopped abnormally: what a bug report needs.
+    fn log_state(&self, what: &str) {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => log::error!(
+                "vCPU {} {what} at rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} \
+                 cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}+{:#x}",
+                self.id,
+                r.rip,
+                r.rsp,
+                r.rflags,
+                s.cs.selector,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.idt.base,
+                s.idt.limit
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!("vCPU {} {what}; cannot read its registers: {e}", self.id)
+            }
+        }
     }
 
     fn internal_suberror(&mut self) -> u32 {

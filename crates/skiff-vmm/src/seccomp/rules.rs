@@ -89,6 +89,9 @@ fn main(r: &mut Rules) -> Result<()> {
 fn vcpu(r: &mut Rules) -> Result<()> {
     let mut requests = vec![
         ioctls::KVM_RUN(),
+        // Reading the registers, to report where a guest that triple-faulted stopped.
+        ioctls::KVM_GET_REGS(),
+        ioctls::KVM_GET_SREGS(),
         // BAR programming moves queue notify addresses (ioeventfds) ...
         ioctls::KVM_IOEVENTFD(),
         // ... and MSI-X table writes change the GSI routes.
