@@ -30,15 +30,23 @@ fn ksm_write(name: &str, value: impl ToString) {
         .unwrap_or_else(|e| panic!("{KSM}/{name}: {e}"));
 }
 
-/// `ksm_merging_pages` of /proc/PID/ksm_stat: the VM's pages backed by a KSM page.
+/// The VM's pages backed by a KSM page: `ksm_merging_pages` of /proc/PID/ksm_stat (Linux
+/// 6.6 on), else /proc/PID/ksm_merging_pages (Linux 5.19 on; 6.1's ksm_stat lacks the line).
 fn merging_pages(vm: &Vm) -> u64 {
-    std::fs::read_to_string(vm.proc_path().join("ksm_stat"))
+    let proc = vm.proc_path();
+    let from_stat = std::fs::read_to_string(proc.join("ksm_stat"))
         .ok()
         .and_then(|text| {
             text.lines().find_map(|l| {
                 l.strip_prefix("ksm_merging_pages ")
                     .and_then(|v| v.trim().parse().ok())
             })
+        });
+    from_stat
+        .or_else(|| {
+            std::fs::read_to_string(proc.join("ksm_merging_pages"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
 }
