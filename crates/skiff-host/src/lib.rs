@@ -7,6 +7,7 @@ pub mod api;
 mod cgroups;
 pub mod client;
 pub mod error;
+pub mod jail;
 pub mod memory;
 pub mod metrics;
 pub mod model;

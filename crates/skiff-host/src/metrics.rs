@@ -170,7 +170,7 @@ pub fn render(vms: &[(VmInfo, Option<f64>)], host: &HostStatus) -> String {
     family(
         "skiff_vm_cpu_seconds_total",
         "counter",
-        "CPU time of the VM's VMM process (all threads) since it started.",
+        "CPU time of the VM's VMM process (all threads; jailed, not its supervisor) since it started.",
         vms.iter()
             .filter_map(|(vm, cpu)| Some((vm_label(vm), format!("{:.3}", (*cpu)?))))
             .collect(),
@@ -202,6 +202,8 @@ mod tests {
             desired: Desired::Running,
             spec,
             pid: Some(10),
+            vmm_pid: Some(11),
+            jail: None,
             restarts: 1,
             reason: None,
             stats: None,

@@ -110,9 +110,18 @@ pub struct VmInfo {
     pub state: VmState,
     pub desired: Desired,
     pub spec: VmSpec,
-    /// The VMM's process id while it has one.
+    /// The process the daemon started and watches, while there is one: the VMM, or a
+    /// jailed VMM's supervisor (`skiff run` outside the jail's PID namespace, which reports
+    /// the VMM's exit status as its own). Killing it ends the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// The VMM itself as the host sees it (its /proc/PID holds the VM's threads and memory):
+    /// `pid` unless jailed, else the supervisor's child. Known once the VMM answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_pid: Option<i32>,
+    /// Who the VMM runs as and where, when the daemon jails it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailInfo>,
     /// Restarts by the restart policy since the last start on request.
     pub restarts: u32,
     /// Why the VM is failed or restarting: how its VMM ended and its last line on stderr.
@@ -126,6 +135,15 @@ pub struct VmInfo {
     /// The memory manager's latest figures, while the VM runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<VmMemoryStatus>,
+}
+
+/// A jailed VMM's identity and root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailInfo {
+    pub uid: u32,
+    pub gid: u32,
+    /// The jail directory on the host: the VMM's `/`.
+    pub root: String,
 }
 
 /// One VM as the memory manager saw it in its latest period (docs/memory.md).

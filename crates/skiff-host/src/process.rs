@@ -42,6 +42,25 @@ pub fn cpu_seconds(pid: i32) -> io::Result<f64> {
     Ok(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
 }
 
+/// The one child of a process: a jailed VMM under its supervisor (`skiff run --jail` forks
+/// into the jail's PID namespace; the VMM's /proc/PID, with its threads and memory, is the
+/// child's). From /proc/PID/task/PID/children (the thread that forked is the main thread),
+/// or, on a kernel without that file, the process whose parent it is.
+pub fn only_child(pid: i32) -> Option<i32> {
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        Ok(children) => children.split_whitespace().next()?.parse().ok(),
+        Err(_) => std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|&candidate| {
+                stat_fields(candidate)
+                    .ok()
+                    .and_then(|fields| stat_field(&fields, 4).ok())
+                    == Some(pid as u64)
+            }),
+    }
+}
+
 /// A process is "the same" if it exists with the recorded start time and is not a zombie.
 pub fn is_same_process(pid: i32, recorded_start: u64) -> bool {
     match stat_fields(pid) {
@@ -159,6 +178,31 @@ mod tests {
             "another start time is another process"
         );
         assert!(cpu_seconds(me).expect("cpu") >= 0.0);
+    }
+
+    #[test]
+    fn the_only_child_is_found() {
+        // A supervisor-like parent: sh with one child.
+        let mut parent = std::process::Command::new("sh")
+            .args(["-c", "sleep 100 & wait"])
+            .spawn()
+            .expect("spawn");
+        let pid = parent.id() as i32;
+        let mut child = None;
+        for _ in 0..200 {
+            child = only_child(pid);
+            if child.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let child = child.expect("sh's child");
+        let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).expect("comm");
+        assert_eq!(comm.trim(), "sleep");
+        assert_eq!(only_child(child), None, "sleep has no child");
+        // SAFETY: kill with a PID we just found, our grandchild.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+        parent.wait().expect("wait");
     }
 
     #[test]

@@ -11,9 +11,10 @@ use skiff_api::control::{ControlRequest, RunState, VmStats};
 use tokio::sync::watch;
 
 use crate::error::HostError;
+use crate::jail::{self, JailConfig, JailIds};
 use crate::model::{
-    ConsoleFiles, Desired, Event, EventKind, ExitReason, HostMemoryStatus, HostStatus, VmInfo,
-    VmMemoryStatus, VmState,
+    ConsoleFiles, Desired, Event, EventKind, ExitReason, HostMemoryStatus, HostStatus, JailInfo,
+    VmInfo, VmMemoryStatus, VmState,
 };
 use crate::process::{self, PidFd};
 use crate::restart::{self, AfterExit};
@@ -41,6 +42,8 @@ pub struct HostConfig {
     pub start_timeout: Duration,
     /// The memory manager's budget and policy.
     pub memory: crate::memory::MemoryConfig,
+    /// Jail every VMM (the default of `skiff host`); `None` with `--no-jail`.
+    pub jail: Option<JailConfig>,
 }
 
 /// The host: every VM and what the daemon knows of it.
@@ -68,6 +71,8 @@ struct VmEntry {
     /// that it is stale and does nothing.
     generation: u64,
     pidfd: Option<Arc<PidFd>>,
+    /// The VMM's own PID (a jailed one is the watched process's child), once known.
+    vmm_pid: Option<i32>,
     state: watch::Sender<VmState>,
     launched_at: Option<Instant>,
     failures_in_a_row: u32,
@@ -87,12 +92,21 @@ impl VmEntry {
             client,
             generation: 0,
             pidfd: None,
+            vmm_pid: None,
             state,
             launched_at: None,
             failures_in_a_row: 0,
             stats: None,
             memory: None,
         }
+    }
+
+    /// Finds the VMM of the recorded process: itself, or the jailed VMM under it.
+    fn find_vmm_pid(&mut self) {
+        self.vmm_pid = self.record.process.and_then(|p| match p.jail {
+            Some(_) => process::only_child(p.pid),
+            None => Some(p.pid),
+        });
     }
 
     fn set_state(&mut self, state: VmState) {
@@ -107,6 +121,16 @@ impl VmEntry {
             desired: self.record.desired,
             spec: self.record.spec.clone(),
             pid: self.record.process.map(|p| p.pid),
+            vmm_pid: self.vmm_pid,
+            jail: self
+                .record
+                .process
+                .and_then(|p| p.jail)
+                .map(|ids| JailInfo {
+                    uid: ids.uid,
+                    gid: ids.gid,
+                    root: self.paths.jail().display().to_string(),
+                }),
             restarts: self.record.restarts,
             reason: self.record.reason.clone(),
             stats: self.stats.clone(),
@@ -297,12 +321,13 @@ impl Host {
         *lock(&self.inner.memory) = Some(host);
     }
 
-    /// For metrics: each VM's info and its VMM's CPU time in seconds.
+    /// For metrics: each VM's info and its VMM's CPU time in seconds (the VMM's own: a
+    /// jailed VMM's supervisor uses next to none).
     pub fn metric_samples(&self) -> Vec<(VmInfo, Option<f64>)> {
         self.list()
             .into_iter()
             .map(|info| {
-                let cpu = info.pid.and_then(|pid| process::cpu_seconds(pid).ok());
+                let cpu = info.vmm_pid.and_then(|pid| process::cpu_seconds(pid).ok());
                 (info, cpu)
             })
             .collect()
@@ -335,6 +360,7 @@ impl Host {
                 reason: None,
                 restarts: 0,
                 process: None,
+                jail_index: None,
             };
             let entry = VmEntry::new(record, paths);
             if let Err(e) = self.persist(&name, &entry) {
@@ -406,22 +432,24 @@ impl Host {
 
     /// Starts the VMM process of a VM in state `starting` or `restarting`.
     fn launch(&self, name: &str) -> Result<u64, HostError> {
-        let (paths, generation) = self.with_vm(name, |e| {
+        let (paths, generation, spec) = self.with_vm(name, |e| {
             e.generation += 1;
             e.set_state(VmState::Starting);
-            Ok((e.paths.clone(), e.generation))
+            Ok((e.paths.clone(), e.generation, e.record.spec.clone()))
         })?;
-        let launched = vmm::launch(&self.inner.config.vmm_bin, name, &paths).and_then(|pid| {
-            let pidfd = PidFd::open(pid)?;
-            Ok((pid, pidfd))
-        });
-        let (pid, pidfd) = match launched {
-            Ok(launched) => launched,
-            Err(source) => {
-                let error = HostError::Launch {
+        let launched = self.jail_ids(name).and_then(|jail| {
+            self.prepare_jail(name, &spec, jail)?;
+            let pid = vmm::launch(&self.inner.config.vmm_bin, name, &paths, jail)
+                .and_then(|pid| Ok((pid, PidFd::open(pid)?)))
+                .map_err(|source| HostError::Launch {
                     name: name.to_string(),
                     source,
-                };
+                })?;
+            Ok((pid, jail))
+        });
+        let ((pid, pidfd), jail) = match launched {
+            Ok(launched) => launched,
+            Err(error) => {
                 let _ = self.with_vm(name, |e| {
                     e.record.reason = Some(error.to_string());
                     e.set_state(VmState::Failed);
@@ -434,7 +462,13 @@ impl Host {
         let pidfd = Arc::new(pidfd);
         let start_time = process::start_time(pid).unwrap_or(0);
         self.with_vm(name, |e| {
-            e.record.process = Some(ProcessRecord { pid, start_time });
+            e.record.process = Some(ProcessRecord {
+                pid,
+                start_time,
+                jail,
+            });
+            // A jailed VMM is forked by its supervisor: found once it answers.
+            e.vmm_pid = jail.is_none().then_some(pid);
             e.pidfd = Some(pidfd.clone());
             e.launched_at = Some(Instant::now());
             if e.record.desired == Desired::Stopped {
@@ -445,6 +479,64 @@ impl Host {
         })?;
         crate::supervisor::watch(self.clone(), name.to_string(), generation, pidfd);
         Ok(generation)
+    }
+
+    /// The uid and gid the VM's VMM is jailed as (`None` unjailed). A VM's first jailed
+    /// start gives it the lowest index no other VM holds, kept in its record until deleted.
+    fn jail_ids(&self, name: &str) -> Result<Option<JailIds>, HostError> {
+        let Some(config) = self.inner.config.jail else {
+            return Ok(None);
+        };
+        let mut vms = lock(&self.inner.vms);
+        let recorded = vms
+            .get(name)
+            .ok_or_else(|| HostError::NotFound(name.to_string()))?
+            .record
+            .jail_index;
+        let index = match recorded {
+            Some(index) => index,
+            None => {
+                let held = vms.values().filter_map(|e| e.record.jail_index);
+                let index = jail::allocate_index(held).ok_or_else(|| {
+                    HostError::Conflict(format!(
+                        "no jail uid left: {} VMs hold one each",
+                        jail::MAX_VMS
+                    ))
+                })?;
+                let entry = vms
+                    .get_mut(name)
+                    .ok_or_else(|| HostError::NotFound(name.to_string()))?;
+                entry.record.jail_index = Some(index);
+                self.persist(name, entry)?;
+                index
+            }
+        };
+        config.ids(index).map(Some).ok_or_else(|| {
+            HostError::Conflict(format!(
+                "VM `{name}`: jail index {index} is outside the uid range"
+            ))
+        })
+    }
+
+    /// Gives the VM's writable disks to its uid and checks that it can read the rest.
+    fn prepare_jail(
+        &self,
+        name: &str,
+        spec: &skiff_api::VmSpec,
+        jail: Option<JailIds>,
+    ) -> Result<(), HostError> {
+        let Some(ids) = jail else {
+            return Ok(());
+        };
+        for disk in jail::prepare_files(spec, ids)? {
+            log::info!(
+                "{name}: disk {disk} given to the VM's uid {} and gid {} (its jailed VMM \
+                 writes it)",
+                ids.uid,
+                ids.gid
+            );
+        }
+        Ok(())
     }
 
     /// Waits for a starting VMM's control socket, then calls it running.
@@ -467,9 +559,9 @@ impl Host {
                             RunState::Paused => VmState::Paused,
                         });
                         e.stats = Some(stats);
+                        e.find_vmm_pid();
                         self.persist_or_log(name, e);
-                        let pid = e.record.process.map_or(0, |p| p.pid);
-                        self.event(name, EventKind::Started, format!("VMM pid {pid}"));
+                        self.event(name, EventKind::Started, describe_vmm(e));
                     }
                     Ok(())
                 });
@@ -646,6 +738,7 @@ impl Host {
     /// Applies the restart policy to an ended VMM; returns the restart delay if any.
     fn settle_exit(&self, name: &str, e: &mut VmEntry, reason: &ExitReason) -> Option<Duration> {
         e.pidfd = None;
+        e.vmm_pid = None;
         e.record.process = None;
         e.stats = None;
         e.memory = None;
@@ -753,16 +846,13 @@ impl Host {
                         _ => VmState::Running,
                     };
                     e.stats = stats.clone();
+                    e.find_vmm_pid();
                     e.set_state(now);
                     self.persist_or_log(name, e);
-                    Ok(e.generation)
+                    Ok((e.generation, describe_vmm(e)))
                 });
-                if let Ok(generation) = adopted {
-                    self.event(
-                        name,
-                        EventKind::Adopted,
-                        format!("VMM pid {} still running", p.pid),
-                    );
+                if let Ok((generation, vmm)) = adopted {
+                    self.event(name, EventKind::Adopted, format!("{vmm} still running"));
                     crate::supervisor::watch(self.clone(), name.to_string(), generation, pidfd);
                     if state == VmState::Stopping {
                         let _ = client.command(ControlRequest::Stop).await;
@@ -793,5 +883,24 @@ impl Host {
             }
             None => {}
         }
+    }
+}
+
+/// "VMM pid N" and, jailed, its supervisor and uid: for events.
+fn describe_vmm(e: &VmEntry) -> String {
+    let Some(process) = e.record.process else {
+        return "no VMM".to_string();
+    };
+    let vmm = e
+        .vmm_pid
+        .map_or_else(|| "unknown".to_string(), |pid| pid.to_string());
+    match process.jail {
+        Some(ids) => format!(
+            "VMM pid {vmm} (supervisor pid {}), jailed as uid {} in {}",
+            process.pid,
+            ids.uid,
+            e.paths.jail().display()
+        ),
+        None => format!("VMM pid {vmm}"),
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use skiff_api::VmSpec;
 
+use crate::jail::JailIds;
 use crate::model::{Desired, Event, VmState};
 
 /// What the daemon must remember about a VM across its own restarts.
@@ -25,15 +26,23 @@ pub struct VmRecord {
     /// The VMM process, while there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessRecord>,
+    /// The VM's index among the daemon's jailed VMs, from its first jailed start until it is
+    /// deleted: its VMM's uid and gid are the daemon's `--jail-uid-base` plus this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail_index: Option<u32>,
 }
 
 /// Enough to find a VMM again after the daemon restarts, and not mistake another process
 /// that got the same PID for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
+    /// The process the daemon started: the VMM, or a jailed VMM's supervisor.
     pub pid: i32,
     /// Field 22 of /proc/PID/stat (clock ticks since boot).
     pub start_time: u64,
+    /// The uid and gid it was jailed as (the VMM is then `pid`'s only child).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailIds>,
 }
 
 /// The files of one VM.
@@ -50,8 +59,13 @@ impl VmPaths {
     pub fn spec(&self) -> PathBuf {
         self.dir.join("spec.json")
     }
+    /// Jailed, a symlink to the socket in the jail's `run/`.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")
+    }
+    /// The jailed VMM's root (`skiff run --jail`).
+    pub fn jail(&self) -> PathBuf {
+        self.dir.join("jail")
     }
     /// A FIFO that is the VMM's stdin: the guest's serial input.
     pub fn console_in(&self) -> PathBuf {
@@ -251,7 +265,12 @@ mod tests {
             process: Some(ProcessRecord {
                 pid: 42,
                 start_time: 1234,
+                jail: Some(JailIds {
+                    uid: 200_003,
+                    gid: 200_003,
+                }),
             }),
+            jail_index: Some(3),
         }
     }
 
@@ -273,6 +292,16 @@ mod tests {
             VmSpec::from_json(&spec).expect("spec parses"),
             record().spec
         );
+    }
+
+    #[test]
+    fn records_without_a_jail_index_still_load() {
+        let mut old = serde_json::to_value(record()).expect("json");
+        old.as_object_mut().expect("object").remove("jail_index");
+        let loaded: VmRecord = serde_json::from_value(old).expect("an older record");
+        assert_eq!(loaded.jail_index, None);
+        let text = serde_json::to_string(&record()).expect("json");
+        assert!(text.contains("\"jail_index\":3"), "{text}");
     }
 
     #[test]

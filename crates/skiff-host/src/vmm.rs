@@ -14,6 +14,7 @@ use skiff_api::control::{ControlRequest, ControlResponse, VmStats};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::jail::JailIds;
 use crate::store::VmPaths;
 
 /// A VMM that does not answer a control request in this time is treated as not answering.
@@ -98,9 +99,16 @@ impl VmmClient {
 
 /// Starts `skiff run` for the VM `name` in `paths`, in its own session so that it outlives the
 /// daemon, and in its control group skiff/NAME with the spec's cpu shares and quota (the
-/// VMM joins it before it starts a thread; see docs/cgroups.md). Its serial console is a FIFO (stdin) and a log file (stdout), which need no
-/// process on the other side: the console survives a daemon restart.
-pub fn launch(vmm_bin: &Path, name: &str, paths: &VmPaths) -> io::Result<i32> {
+/// VMM joins it before it starts a thread; see docs/cgroups.md); jailed as `jail` when given.
+/// Its serial console is a FIFO (stdin) and a log file (stdout), which need no process on the
+/// other side: the console survives a daemon restart. Returns the PID of the process started:
+/// the VMM, or (jailed) its supervisor outside the jail's PID namespace.
+pub fn launch(
+    vmm_bin: &Path,
+    name: &str,
+    paths: &VmPaths,
+    jail: Option<JailIds>,
+) -> io::Result<i32> {
     make_fifo(&paths.console_in())?;
     // Read-write, so the VMM itself holds a writer and never sees end-of-file on its console
     // when an attached client goes away.
@@ -122,17 +130,8 @@ pub fn launch(vmm_bin: &Path, name: &str, paths: &VmPaths) -> io::Result<i32> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut command = Command::new(vmm_bin);
+    let mut command = command(vmm_bin, name, paths, jail)?;
     command
-        .arg("run")
-        .arg("--config")
-        .arg(paths.spec())
-        .arg("--control-socket")
-        .arg(paths.control_socket())
-        .arg("--status-file")
-        .arg(paths.status_file())
-        .arg("--cgroup")
-        .arg(name)
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
@@ -148,6 +147,37 @@ pub fn launch(vmm_bin: &Path, name: &str, paths: &VmPaths) -> io::Result<i32> {
     let child = command.spawn()?;
     // The child is reaped through its pidfd (supervisor), not through `Child`.
     Ok(child.id() as i32)
+}
+
+/// The `skiff run` command line of a VM.
+fn command(
+    vmm_bin: &Path,
+    name: &str,
+    paths: &VmPaths,
+    jail: Option<JailIds>,
+) -> io::Result<Command> {
+    let mut command = Command::new(vmm_bin);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(paths.spec())
+        .arg("--control-socket")
+        .arg(paths.control_socket())
+        .arg("--status-file")
+        .arg(paths.status_file())
+        .arg("--cgroup")
+        .arg(name);
+    if let Some(ids) = jail {
+        // The jailer wants an absolute root; the state directory may be given relative.
+        command
+            .arg("--jail")
+            .arg(std::path::absolute(paths.jail())?)
+            .arg("--uid")
+            .arg(ids.uid.to_string())
+            .arg("--gid")
+            .arg(ids.gid.to_string());
+    }
+    Ok(command)
 }
 
 fn make_fifo(path: &Path) -> io::Result<()> {
@@ -209,6 +239,59 @@ mod tests {
         assert_eq!(read_status_file(&status), None);
         std::fs::write(&status, "3\n").expect("write");
         assert_eq!(read_status_file(&status), Some(3));
+    }
+
+    #[test]
+    fn the_command_line_jails_the_vmm_when_asked() {
+        let paths = VmPaths {
+            dir: PathBuf::from("/state/vms/web"),
+        };
+        let args = |jail| -> Vec<String> {
+            command(Path::new("/bin/skiff"), "web", &paths, jail)
+                .expect("command")
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let unjailed = [
+            "run",
+            "--config",
+            "/state/vms/web/spec.json",
+            "--control-socket",
+            "/state/vms/web/control.sock",
+            "--status-file",
+            "/state/vms/web/exit-status",
+            "--cgroup",
+            "web",
+        ];
+        assert_eq!(args(None), unjailed);
+        let ids = JailIds {
+            uid: 200_004,
+            gid: 200_004,
+        };
+        let jailed = args(Some(ids));
+        assert_eq!(jailed[..unjailed.len()], unjailed);
+        assert_eq!(
+            jailed[unjailed.len()..],
+            [
+                "--jail",
+                "/state/vms/web/jail",
+                "--uid",
+                "200004",
+                "--gid",
+                "200004"
+            ]
+        );
+        let relative = VmPaths {
+            dir: PathBuf::from("state/vms/web"),
+        };
+        let command = command(Path::new("skiff"), "web", &relative, Some(ids)).expect("command");
+        let jail = command
+            .get_args()
+            .skip_while(|a| *a != "--jail")
+            .nth(1)
+            .expect("--jail DIR");
+        assert!(Path::new(jail).is_absolute(), "{jail:?}");
     }
 
     #[tokio::test]

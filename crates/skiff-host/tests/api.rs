@@ -38,6 +38,8 @@ async fn daemon(vmm_body: &str, token: Option<&str>) -> (Daemon, Option<String>)
         stop_timeout: Duration::from_millis(500),
         start_timeout: Duration::from_millis(500),
         memory: skiff_host::memory::MemoryConfig::default(),
+        // The stand-in VMM ignores its arguments: the jail's command line is unit-tested.
+        jail: None,
     };
     let host = Host::open(config).await.expect("host");
     let socket = dir.path().join("api.sock");

@@ -78,6 +78,7 @@ async fn daemon() -> (Host, tempfile::TempDir, String) {
             reclaim_capacity_bytes: Some(4096 * MIB),
             ..MemoryConfig::default()
         },
+        jail: None,
     })
     .await
     .expect("host");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use skiff_api::ByteSize;
+use skiff_host::jail::JailConfig;
 use skiff_host::memory::{MemoryConfig, PolicyConfig};
 use skiff_host::model::HostStatus;
 use skiff_host::server::ServeOptions;
@@ -72,6 +73,15 @@ struct DaemonArgs {
     /// The idle-memory tax rate τ in [0, 1): an idle page costs 1/(1−τ) active ones.
     #[arg(long, default_value_t = 0.75, value_name = "TAU")]
     idle_tax: f64,
+    /// Every VMM runs jailed (docs/security.md) as uid and gid BASE + the VM's index (kept
+    /// until the VM is deleted); the daemon keeps [BASE, BASE + 65536) for its VMs.
+    #[arg(long, default_value_t = skiff_host::jail::DEFAULT_UID_BASE, value_name = "BASE")]
+    jail_uid_base: u32,
+    /// Start VMMs unjailed, as root in the host's namespaces: for a daemon that is not root
+    /// or a host without namespaces, or to debug a VMM with host tools. Loses the jail's
+    /// protection of the host from a VMM a guest took over (docs/security.md).
+    #[arg(long, conflicts_with = "jail_uid_base")]
+    no_jail: bool,
 }
 
 pub fn run(args: HostArgs) -> Result<u8> {
@@ -122,6 +132,24 @@ fn status(address: &DaemonAddress, json: bool) -> Result<u8> {
     Ok(0)
 }
 
+/// The jail needs root (namespaces, mounts, device nodes, other uids): say so at once
+/// rather than at each VM's start.
+fn jail_config(uid_base: u32) -> Result<JailConfig> {
+    let config = JailConfig { uid_base };
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("--jail-uid-base")?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "jailing VMMs needs root: run the daemon as root, or pass --no-jail (VMMs then run \
+             unjailed as the daemon's user)"
+        );
+    }
+    Ok(config)
+}
+
 fn serve(args: DaemonArgs) -> Result<u8> {
     if std::env::var_os("SKIFF_LOG").is_none() {
         log::set_max_level(log::LevelFilter::Info);
@@ -156,12 +184,17 @@ fn serve(args: DaemonArgs) -> Result<u8> {
         },
     };
     memory.validate().context("--idle-tax")?;
+    let jail = match args.no_jail {
+        true => None,
+        false => Some(jail_config(args.jail_uid_base)?),
+    };
     let config = HostConfig {
         state_dir: args.state_dir,
         vmm_bin,
         stop_timeout: Duration::from_secs(args.stop_timeout),
         start_timeout: Duration::from_secs(60),
         memory,
+        jail,
     };
     let options = ServeOptions {
         socket: args.socket,

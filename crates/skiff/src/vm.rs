@@ -195,7 +195,8 @@ fn read_spec(path: &Path) -> Result<VmSpec> {
 }
 
 /// An aligned table: NAME STATE VCPUS MEMORY PID RESTARTS, then the memory manager's
-/// figures in MiB (`-` while it has none): TARGET ALLOC ACTIVE BALLOON SHARED.
+/// figures in MiB (`-` while it has none): TARGET ALLOC ACTIVE BALLOON SHARED. PID is the
+/// VMM's (a jailed VMM's, not its supervisor's: the process that uses the VM's CPU and memory).
 fn table(vms: &[VmInfo]) -> String {
     let header = [
         "NAME", "STATE", "VCPUS", "MEMORY", "PID", "RESTARTS", "TARGET", "ALLOC", "ACTIVE",
@@ -213,7 +214,7 @@ fn table(vms: &[VmInfo]) -> String {
             vm.state.as_str().to_string(),
             vm.spec.vcpus.to_string(),
             vm.spec.memory.size.to_string(),
-            vm.pid.map_or("-".into(), |p| p.to_string()),
+            vm.vmm_pid.or(vm.pid).map_or("-".into(), |p| p.to_string()),
             vm.restarts.to_string(),
             mib(|m| m.target_bytes),
             mib(|m| m.allocated_bytes),
@@ -252,6 +253,8 @@ mod tests {
             desired: skiff_host::model::Desired::Running,
             spec: spec.clone(),
             pid,
+            vmm_pid: pid.map(|p: i32| p + 1),
+            jail: None,
             restarts: 0,
             reason: None,
             stats: None,
@@ -272,6 +275,7 @@ mod tests {
                 .all(|l| l[state_col..].starts_with("running")),
             "{text}"
         );
+        assert!(lines[1].contains(" 12346 "), "the VMM's pid: {text}");
         assert!(lines[2].contains(" - "), "no pid shows as -: {text}");
     }
 }

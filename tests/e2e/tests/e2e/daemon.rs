@@ -248,6 +248,47 @@ fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The daemon jails every VMM by default: the VMM (the child of the process the daemon
+/// watches) runs as the VM's own unprivileged uid with its jail directory as its root.
+/// Returns (uid, VMM pid).
+fn assert_jailed(daemon: &Daemon, dir: &Path, name: &str) -> (u32, i32) {
+    use std::os::unix::fs::MetadataExt;
+    let info = daemon.info(name);
+    let jail = info
+        .jail
+        .as_ref()
+        .unwrap_or_else(|| panic!("{name} not jailed: {info:?}"));
+    let (pid, vmm) = (info.pid.expect("pid"), info.vmm_pid.expect("VMM pid"));
+    assert_ne!(pid, vmm, "{name}: the VMM runs under its supervisor");
+    let proc = PathBuf::from(format!("/proc/{vmm}"));
+    let status = std::fs::read_to_string(proc.join("status")).expect("VMM status");
+    let ids = |field: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .expect("field")
+            .split_whitespace()
+            .map(|id| id.parse().expect("id"))
+            .collect()
+    };
+    assert!(jail.uid != 0 && jail.gid != 0, "{jail:?}");
+    assert_eq!(ids("Uid:"), [jail.uid; 4], "{name}: {status}");
+    assert_eq!(ids("Gid:"), [jail.gid; 4], "{name}: {status}");
+    let root = std::fs::metadata(proc.join("root")).expect("VMM root");
+    let jail_dir = dir.join("state/vms").join(name).join("jail");
+    assert_eq!(
+        Path::new(&jail.root),
+        std::path::absolute(&jail_dir).expect("abs")
+    );
+    let expected = std::fs::metadata(&jail_dir).expect("jail dir");
+    assert_eq!(
+        (root.dev(), root.ino()),
+        (expected.dev(), expected.ino()),
+        "{name}: /proc/{vmm}/root is not its jail"
+    );
+    (jail.uid, vmm)
+}
+
 #[test]
 fn lifecycle_restart_policy_and_daemon_restart() {
     let env = TestEnv::get();
@@ -283,6 +324,15 @@ fn lifecycle_restart_policy_and_daemon_restart() {
     for (name, _) in policies {
         wait_uptime(&daemon, name, 1, Duration::from_secs(120));
     }
+    let uids: Vec<u32> = policies
+        .iter()
+        .map(|(name, _)| assert_jailed(&daemon, &dir, name).0)
+        .collect();
+    assert_eq!(
+        uids.iter().collect::<BTreeSet<_>>().len(),
+        uids.len(),
+        "each VM has its own uid: {uids:?}"
+    );
 
     // Stop, start, pause, resume one; delete another. The stop is the guest's own shutdown
     // (acpid's poweroff): no power cut in the VMM's log.
@@ -337,6 +387,11 @@ fn lifecycle_restart_policy_and_daemon_restart() {
         "{restart_event:?}"
     );
     assert_eq!(daemon.info("b").restarts, 1);
+    assert_eq!(
+        assert_jailed(&daemon, &dir, "b").0,
+        uids[1],
+        "a restarted VMM keeps its VM's uid"
+    );
 
     let c_pid = daemon.info("c").pid.expect("c's pid");
     // SAFETY: as above.
@@ -367,6 +422,10 @@ fn lifecycle_restart_policy_and_daemon_restart() {
             )
         })
         .collect();
+    let jailed_before: Vec<(u32, i32)> = running
+        .iter()
+        .map(|name| assert_jailed(&daemon, &dir, name))
+        .collect();
     let old_daemon = daemon.pid();
     daemon.kill();
     for (pid, _) in &before {
@@ -387,6 +446,14 @@ fn lifecycle_restart_policy_and_daemon_restart() {
             .any(|e| e.kind == EventKind::Adopted);
         assert!(adopted, "{name}: no adopted event");
     }
+    let jailed_after: Vec<(u32, i32)> = running
+        .iter()
+        .map(|name| assert_jailed(&daemon, &dir, name))
+        .collect();
+    assert_eq!(
+        jailed_after, jailed_before,
+        "adopted VMMs are found again, with their uids"
+    );
     std::thread::sleep(Duration::from_secs(3));
     for (name, (_, uptime)) in running.iter().zip(&before) {
         let (now, boots) = guest_uptime(&daemon.info(name));

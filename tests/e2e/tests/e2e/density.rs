@@ -202,7 +202,7 @@ impl Fleet for SkiffFleet {
     fn vmm_rss_mib(&self) -> u64 {
         self.infos()
             .iter()
-            .filter_map(|i| i.pid)
+            .filter_map(|i| i.vmm_pid)
             .map(|p| rss_kib(p as u32) / 1024)
             .sum()
     }

@@ -195,7 +195,7 @@ fn run(duration: Duration) {
         let (mut rss_sum, mut cgroup_sum) = (0, 0);
         for (i, info) in infos.iter().enumerate() {
             assert_eq!(info.state, VmState::Running, "{info:?}\n{}", daemon.log());
-            let rss = info.pid.map_or(0, |pid| rss_kib(pid as u32) * 1024);
+            let rss = info.vmm_pid.map_or(0, |pid| rss_kib(pid as u32) * 1024);
             let cgroup = cgroup_usage(hierarchy.as_ref(), &info.name).unwrap_or(0);
             rss_sum += rss;
             cgroup_sum += cgroup;
