@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use skiff_host::jail::JailConfig;
 use skiff_host::model::{Event, EventKind, VmInfo, VmState};
 use skiff_host::{api, Client, Endpoint, Host, HostConfig};
 
@@ -28,6 +29,15 @@ fn fake_vmm(dir: &Path, body: &str) -> PathBuf {
 
 /// The daemon on a unix socket, and with a token also on TCP (its address is returned).
 async fn daemon(vmm_body: &str, token: Option<&str>) -> (Daemon, Option<String>) {
+    // The stand-in VMM ignores its arguments: the jail's command line is unit-tested.
+    daemon_with(vmm_body, token, None).await
+}
+
+async fn daemon_with(
+    vmm_body: &str,
+    token: Option<&str>,
+    jail: Option<JailConfig>,
+) -> (Daemon, Option<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kernel = dir.path().join("vmlinuz");
     std::fs::write(&kernel, b"not really a kernel").expect("write");
@@ -38,8 +48,7 @@ async fn daemon(vmm_body: &str, token: Option<&str>) -> (Daemon, Option<String>)
         stop_timeout: Duration::from_millis(500),
         start_timeout: Duration::from_millis(500),
         memory: skiff_host::memory::MemoryConfig::default(),
-        // The stand-in VMM ignores its arguments: the jail's command line is unit-tested.
-        jail: None,
+        jail,
     };
     let host = Host::open(config).await.expect("host");
     let socket = dir.path().join("api.sock");
@@ -318,6 +327,52 @@ async fn stop_kills_a_vmm_that_does_not_answer_and_delete_removes_everything() {
     assert_eq!(d.call("GET", "/vms/mute", None).await.0, 404);
     assert!(!d.dir.path().join("state/vms/mute").exists());
     let _ = &d.vmm_bin;
+}
+
+/// Each jailed VM gets the lowest free index (uid = base + index), keeps it across stops and
+/// starts, in its record, until it is deleted; then the index is free for a new VM.
+#[tokio::test]
+async fn jailed_vms_keep_their_own_uid_until_deleted() {
+    let base = 300_000;
+    let (d, _) = daemon_with("exec sleep 1000", None, Some(JailConfig { uid_base: base })).await;
+    let uid = |vm: &VmInfo| vm.jail.as_ref().map(|j| (j.uid, j.gid));
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let (status, body) = d
+            .call("POST", "/vms?start=true", Some(d.spec(name, "")))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let vm: VmInfo = serde_json::from_str(&body).expect("info");
+        let id = base + i as u32;
+        assert_eq!(uid(&vm), Some((id, id)), "{vm:?}");
+        let root = d.dir.path().join("state/vms").join(name).join("jail");
+        assert_eq!(vm.jail.expect("jail").root, root.display().to_string());
+    }
+    let record = |name: &str| -> serde_json::Value {
+        let path = d.dir.path().join("state/vms").join(name).join("vm.json");
+        serde_json::from_slice(&std::fs::read(path).expect("vm.json")).expect("record")
+    };
+    assert_eq!(record("b")["jail_index"], 1);
+    assert_eq!(record("b")["process"]["jail"]["uid"], base + 1);
+
+    let (status, body) = d.call("POST", "/vms/b/stop?force=true", None).await;
+    assert_eq!(status, 200, "{body}");
+    let stopped: VmInfo = serde_json::from_str(&body).expect("info");
+    assert_eq!(uid(&stopped), None, "no VMM, no jail shown");
+    assert_eq!(record("b")["jail_index"], 1, "kept while stopped");
+    let (_, body) = d.call("POST", "/vms/b/start", None).await;
+    let b: VmInfo = serde_json::from_str(&body).expect("info");
+    assert_eq!(uid(&b), Some((base + 1, base + 1)), "the same uid again");
+
+    // Deleting `a` frees index 0 (its VMM is gone first); a new VM takes it, never b's or c's.
+    assert_eq!(d.call("DELETE", "/vms/a", None).await.0, 204);
+    let (_, body) = d
+        .call("POST", "/vms?start=true", Some(d.spec("d", "")))
+        .await;
+    let new: VmInfo = serde_json::from_str(&body).expect("info");
+    assert_eq!(uid(&new), Some((base, base)), "{new:?}");
+    for name in ["b", "c", "d"] {
+        assert_eq!(d.call("DELETE", &format!("/vms/{name}"), None).await.0, 204);
+    }
 }
 
 #[tokio::test]
