@@ -1,11 +1,14 @@
 //! `cargo xtask fuzz [TARGET...] [--seconds N]`: builds the fuzz targets in `fuzz/` with
 //! libFuzzer's coverage instrumentation on the stable toolchain and runs each for a
-//! bounded time, one after another, one worker each. Corpora and crash artifacts live in
+//! bounded time, one worker each, as many targets at once as the machine has CPUs
+//! (`--jobs`). Corpora and crash artifacts live in
 //! the cache (`<cache>/fuzz/`), so coverage accumulates across runs; the checked-in seeds
 //! in `fuzz/seeds/<target>/` start an empty corpus. See docs/fuzzing.md.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +46,9 @@ pub struct FuzzArgs {
     /// How long each target runs.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
+    /// Targets run at once (default: the number of CPUs).
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// Only list the targets.
     #[arg(long)]
     pub list: bool,
@@ -66,7 +72,7 @@ pub fn main(args: FuzzArgs) -> Result<ExitCode> {
         }
         args.targets
     };
-    let ok = run(&chosen, args.seconds)?;
+    let ok = run(&chosen, args.seconds, args.jobs)?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -74,15 +80,41 @@ pub fn main(args: FuzzArgs) -> Result<ExitCode> {
     })
 }
 
-/// Builds and runs `targets` for `seconds` each, prints a summary table; true if none
-/// crashed, hung or ran out of memory.
-pub fn run(targets: &[String], seconds: u64) -> Result<bool> {
+/// Builds and runs `targets` for `seconds` each, `jobs` at a time (default: one per
+/// CPU), prints a summary table; true if none crashed, hung or ran out of memory.
+pub fn run(targets: &[String], seconds: u64, jobs: Option<usize>) -> Result<bool> {
     let bin_dir = build(targets)?;
     let state = paths::cache()?.join("fuzz");
-    let mut results = Vec::new();
-    for target in targets {
-        results.push(run_target(&bin_dir, &state, target, seconds)?);
-    }
+    let jobs = jobs
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .clamp(1, targets.len().max(1));
+    // Workers take the next target from a shared index; results keep the targets' order.
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<Outcome>>>> =
+        targets.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(target) = targets.get(i) else { break };
+                let outcome = run_target(&bin_dir, &state, target, seconds);
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(outcome);
+                }
+            });
+        }
+    });
+    let results = results
+        .into_iter()
+        .zip(targets)
+        .map(|(slot, target)| {
+            slot.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(anyhow::anyhow!("fuzz target {target} did not report")))
+        })
+        .collect::<Result<Vec<Outcome>>>()?;
     println!("\n| target | seconds | executions | exec/s | coverage (edges) | features | corpus | result |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &results {
