@@ -127,7 +127,7 @@ fn start_busy_vm_in(daemon: &Daemon, name: &str, shares: u64) -> PathBuf {
     PathBuf::from(daemon.get::<VmInfo>(&format!("/vms/{name}")).console.log)
 }
 
-fn wait_for_file_text(path: &Path, text: &str, timeout: Duration) {
+pub(crate) fn wait_for_file_text(path: &Path, text: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let content = std::fs::read_to_string(path).unwrap_or_default();

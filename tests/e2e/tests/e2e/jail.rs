@@ -1,7 +1,8 @@
 //! The jailer (issue 7): `skiff run --jail DIR --uid U --gid G` runs the VMM with DIR as
-//! its root, in its own namespaces, as an unprivileged uid with no capabilities.
+//! its root, in its own namespaces, as an unprivileged uid with no capabilities; the host
+//! daemon starts every VMM that way (`skiff host --no-jail` opts out).
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -140,4 +141,120 @@ fn a_jailed_vmm_sees_only_its_jail_and_holds_no_privilege() {
         .collect();
     assert!(left.is_empty(), "left in the jail: {left:?}");
     assert!(!socket.exists(), "the socket link is removed");
+}
+
+/// The host daemon jails every VMM it starts: a VM's writable disk is given to its uid and
+/// the guest writes it; the VMM holds no privilege; a kernel the VM's uid cannot read is
+/// refused at start with the fix named; `--no-jail` starts VMMs as before.
+#[test]
+fn the_daemon_jails_its_vmms_and_gives_them_their_disks() {
+    use skiff_host::model::{VmInfo, VmState};
+
+    use crate::daemon::Daemon;
+    let env = TestEnv::get();
+    let dir = env.scratch("jail-daemon");
+    let disk_dir = dir.join("disk-files");
+    std::fs::create_dir_all(&disk_dir).expect("disk dir");
+    std::fs::write(disk_dir.join("hello"), "from the host\n").expect("disk file");
+    let image = dir.join("data.img");
+    make_ext4(&env.mke2fs, &disk_dir, &image, 8).expect("disk image");
+    let daemon = Daemon::start_with(&dir.join("jailed"), None, &[]);
+    let spec = |name: &str, kernel: &Path, disks: serde_json::Value| {
+        serde_json::json!({
+            "name": name,
+            "kernel": kernel,
+            "initrd": env.initrd,
+            "cmdline": GuestSpec::new(Vmm::Skiff)
+                .no_poweroff()
+                .cmd("mkdir -p /mnt && mount /dev/vda /mnt && cat /mnt/hello \
+                      && echo data > /mnt/written && sync && echo JAIL-DISK-OK; sleep 600")
+                .kernel_cmdline(),
+            "memory": "128M",
+            "disks": disks,
+        })
+    };
+    let post = |daemon: &Daemon, spec: serde_json::Value| {
+        let body = serde_json::to_vec(&spec).expect("json");
+        daemon
+            .client()
+            .blocking("POST", "/vms?start=true", Some(body))
+            .expect("API")
+    };
+
+    // A kernel only root may read: refused, naming the field and the way out.
+    let private_kernel = dir.join("vmlinuz-private");
+    std::fs::copy(&env.kernel, &private_kernel).expect("copy kernel");
+    std::fs::set_permissions(&private_kernel, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    let refused = post(
+        &daemon,
+        spec("private", &private_kernel, serde_json::json!([])),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let message = refused.error_message();
+    assert!(
+        message.starts_with("kernel:") && message.contains("--no-jail"),
+        "{message}"
+    );
+
+    let created = post(
+        &daemon,
+        spec("disk", &env.kernel, serde_json::json!([{ "path": image }])),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let info: VmInfo = daemon.get("/vms/disk");
+    let jail = info.jail.clone().expect("jailed");
+    let image_meta = std::fs::metadata(&image).expect("image");
+    assert_eq!(
+        (image_meta.uid(), image_meta.gid()),
+        (jail.uid, jail.gid),
+        "the writable disk is the VM's"
+    );
+    crate::cgroups::wait_for_file_text(
+        Path::new(&info.console.log),
+        "JAIL-DISK-OK",
+        Duration::from_secs(180),
+    );
+    let vmm = info.vmm_pid.expect("VMM pid");
+    let proc = Path::new("/proc").join(vmm.to_string());
+    let status = std::fs::read_to_string(proc.join("status")).expect("status");
+    assert_eq!(
+        status_field(&status, "Uid"),
+        format!("{0}\t{0}\t{0}\t{0}", jail.uid)
+    );
+    for caps in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(&status, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&status, "Seccomp"), "2");
+    let mut entries: Vec<String> = std::fs::read_dir(proc.join("root"))
+        .expect("jail root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["dev", "disk0", "initrd", "kernel", "proc", "run"]);
+
+    // A power cut through the control socket: the supervisor empties the jail after it.
+    let stopped = daemon
+        .client()
+        .blocking("POST", "/vms/disk/stop?force=true", None)
+        .expect("API");
+    assert_eq!(stopped.status, 200, "{}", stopped.text());
+    let left: Vec<_> = std::fs::read_dir(&jail.root)
+        .expect("jail dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the jail: {left:?}");
+
+    // Opting out: the VMM is the process the daemon started, as root, in no jail.
+    let unjailed = Daemon::start_with(&dir.join("unjailed"), None, &["--no-jail"]);
+    let created = post(&unjailed, spec("plain", &env.kernel, serde_json::json!([])));
+    assert_eq!(created.status, 201, "{}", created.text());
+    let info: VmInfo = unjailed.get("/vms/plain");
+    assert_eq!(info.state, VmState::Running, "{info:?}");
+    assert_eq!(info.jail, None);
+    assert_eq!(info.vmm_pid, info.pid);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", info.pid.expect("pid")))
+        .expect("status");
+    assert!(status_field(&status, "Uid").starts_with("0\t"), "{status}");
 }
