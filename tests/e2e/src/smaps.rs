@@ -91,6 +91,9 @@ Rss:                   8 kB
 ";
         assert_eq!(overhead_from_smaps(smaps, 256 << 20), 808);
         assert!(maps_guest_ram(smaps, 256 << 20));
-        assert!(!maps_guest_ram(smaps, 512 << 20), "a jail's supervisor maps no guest RAM");
+        assert!(
+            !maps_guest_ram(smaps, 512 << 20),
+            "a jail's supervisor maps no guest RAM"
+        );
     }
 }
