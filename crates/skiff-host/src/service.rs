@@ -528,7 +528,13 @@ impl Host {
         let Some(ids) = jail else {
             return Ok(());
         };
-        for disk in jail::prepare_files(spec, ids)? {
+        // Other VMs whose VMM runs, by the uid it runs as.
+        let running: BTreeMap<u32, String> = lock(&self.inner.vms)
+            .iter()
+            .filter(|(other, _)| *other != name)
+            .filter_map(|(other, e)| Some((e.record.process?.jail?.uid, other.clone())))
+            .collect();
+        for disk in jail::prepare_files(spec, ids, |uid| running.get(&uid).cloned())? {
             log::info!(
                 "{name}: disk {disk} given to the VM's uid {} and gid {} (its jailed VMM \
                  writes it)",
