@@ -3,19 +3,17 @@
 
 mod api_client;
 mod attach;
-mod cgroup;
-mod console;
 mod ctl;
 mod host;
-mod jail;
-mod logger;
-mod run;
-mod signals;
 mod vm;
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use skiff::{console, logger, run};
 
 #[derive(Parser)]
 #[command(
@@ -43,33 +41,39 @@ enum Command {
 
 fn main() -> ExitCode {
     logger::init();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "run") {
+        exec_vmm(&args[2..]);
+    }
     let cli = Cli::parse();
-    let result = match cli.command {
+    skiff::exit_with(match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Ctl(args) => ctl::run(args),
         Command::Host(args) => host::run(args),
         Command::Vm(args) => vm::run(args),
-    };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("skiff: error: {}", one_line(&e));
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
-/// The error and its causes on one line, leaving out causes that a message already quotes.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
+/// `skiff run` becomes the lean `skiff-vmm` binary installed beside this one (same process,
+/// same arguments), so a VM's process maps only the VMM's code. Without it, `skiff run`
+/// runs here, in the whole binary.
+fn exec_vmm(args: &[OsString]) {
+    let Some(vmm) = vmm_binary() else {
+        log::debug!("no skiff-vmm beside this binary: running the VM in skiff itself");
+        return;
+    };
+    let error = std::process::Command::new(&vmm)
+        .arg0("skiff-vmm")
+        .args(args)
+        .exec();
+    log::warn!(
+        "cannot execute {}: {error}; running the VM in skiff itself",
+        vmm.display()
+    );
+}
+
+fn vmm_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let vmm = exe.with_file_name("skiff-vmm");
+    vmm.is_file().then_some(vmm)
 }
