@@ -156,9 +156,16 @@ impl VmHandle {
         if let Some(ws) = &inner.memory.working_set {
             ws.set_paused(true);
         }
-        inner
+        let paused = inner
             .control
-            .pause(inner.vcpu_threads.len(), kick, PAUSE_TIMEOUT)
+            .pause(inner.vcpu_threads.len(), kick, PAUSE_TIMEOUT);
+        if paused.is_err() {
+            // The vCPUs run on (the pause was withdrawn): so does sampling.
+            if let Some(ws) = &inner.memory.working_set {
+                ws.set_paused(false);
+            }
+        }
+        paused
     }
 
     pub fn resume(&self) {

@@ -76,9 +76,9 @@ pub struct RunControl {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PauseError {
-    #[error("vCPUs did not stop within {0:?}")]
+    #[error("vCPUs did not stop within {0:?}; the VM runs on")]
     Timeout(Duration),
-    #[error("cannot kick vCPU thread: {0}")]
+    #[error("cannot kick vCPU thread: {0}; the VM runs on")]
     Kick(io::Error),
 }
 
@@ -122,6 +122,9 @@ impl RunControl {
     }
 
     /// Requests a pause, kicks each thread with `kick`, and waits until `vcpus` have parked.
+    /// On failure the request is withdrawn: the vCPUs run on, as the error says, rather than
+    /// parking later with nobody left to resume them (under load a vCPU can take longer
+    /// than the timeout to leave KVM_RUN; the guest then froze for good).
     pub fn pause(
         &self,
         vcpus: usize,
@@ -130,12 +133,17 @@ impl RunControl {
     ) -> Result<(), PauseError> {
         lock(&self.state).requested = Requested::Paused;
         self.pause_requested.store(true, Ordering::Release);
-        kick().map_err(PauseError::Kick)?;
+        if let Err(e) = kick() {
+            self.resume();
+            return Err(PauseError::Kick(e));
+        }
         let deadline = Instant::now() + timeout;
         let mut state = lock(&self.state);
         while state.parked < vcpus {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                drop(state);
+                self.resume();
                 return Err(PauseError::Timeout(timeout));
             }
             state = self
@@ -194,5 +202,27 @@ mod tests {
             .pause(1, || Ok(()), Duration::from_millis(50))
             .expect_err("nobody parks");
         assert!(matches!(err, PauseError::Timeout(_)));
+    }
+
+    #[test]
+    fn a_failed_pause_leaves_the_vcpus_running() {
+        let control = RunControl::default();
+        control
+            .pause(1, || Ok(()), Duration::from_millis(10))
+            .expect_err("nobody parks");
+        assert_eq!(control.requested(), Requested::Running);
+        // A vCPU that gets out of KVM_RUN only now does not park.
+        control.park_if_paused();
+
+        let err = control
+            .pause(
+                1,
+                || Err(io::Error::other("no such thread")),
+                Duration::from_secs(5),
+            )
+            .expect_err("the kick fails");
+        assert!(matches!(err, PauseError::Kick(_)));
+        assert_eq!(control.requested(), Requested::Running);
+        control.park_if_paused();
     }
 }
