@@ -4,9 +4,11 @@
 //! the tax, the idle VM's memory goes to the busy one.
 //!
 //! An ignored experiment: `cargo xtask e2e idle_tax -- --ignored --nocapture`. It prints its
-//! time series as CSV lines (`ALLOC,...` and `TPUT,...`) that `docs/experiments/plot.py`
-//! draws.
+//! time series as CSV lines (`ALLOC,...` and `TPUT,...`) that
+//! `docs/experiments/plot_idle_tax.py` draws.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use skiff_e2e::{GuestSpec, TestEnv, Vmm};
@@ -25,6 +27,39 @@ const B_WORKING_SET_MIB: u64 = 352;
 const OBSERVE: Duration = Duration::from_secs(330);
 /// The manager's period (the daemon samples every 2 s) and the VMs' sampling period.
 const SAMPLING_SECS: u64 = 2;
+/// A's disk: read whole into its page cache.
+const DISK_MIB: u64 = 384;
+/// A's page cache must hold at least this much of the disk after the fill.
+const MIN_CACHED_MIB: u64 = 300;
+
+/// A disk image of `mib` MiB of non-zero data, every 4 KiB block different: a sparse image
+/// reads as zeros, and the first run's idle VM ended up with none of it resident.
+fn data_disk(path: &Path, mib: u64) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("disk image"));
+    let mut chunk = vec![0u8; 1 << 20];
+    for m in 0..mib {
+        for (i, word) in chunk.chunks_exact_mut(8).enumerate() {
+            // Never zero: the top bit is set.
+            let v = (1u64 << 63) | (m << 20) | i as u64;
+            word.copy_from_slice(&v.to_le_bytes());
+        }
+        file.write_all(&chunk).expect("disk image");
+    }
+    file.flush().expect("disk image");
+}
+
+/// A's page cache after its fill, as it prints it (`CACHED <Buffers> kB <Cached> kB` from its
+/// /proc/meminfo): a block device's cache counts as `Buffers`, a file's as `Cached`.
+fn cached_mib(console: &str) -> Option<u64> {
+    console.lines().find_map(|l| {
+        let figures = l.trim().strip_prefix("CACHED")?;
+        let kib: u64 = figures
+            .split_whitespace()
+            .filter_map(|w| w.parse::<u64>().ok())
+            .sum();
+        Some(kib / 1024)
+    })
+}
 
 fn spec(name: &str, cmd: &str, disk: Option<&std::path::Path>) -> serde_json::Value {
     let env = TestEnv::get();
@@ -48,6 +83,98 @@ fn console(vm: &VmInfo) -> String {
     std::fs::read_to_string(&vm.console.log).unwrap_or_default()
 }
 
+/// The VMM's stderr (`vmm.log`, beside the console log in the VM's state directory).
+fn vmm_log(vm: &VmInfo) -> String {
+    let path = PathBuf::from(&vm.console.log).with_file_name("vmm.log");
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Each thread of process `pid`: name, state, CPU time (utime + stime, clock ticks), kernel
+/// wait channel and kernel stack: whether a silent guest's vCPU thread spins, sleeps in KVM
+/// or waits on the VMM.
+fn threads(pid: i32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("no /proc/{pid}/task");
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        // Fields after the `(comm)`: state is the 1st, utime and stime the 12th and 13th.
+        let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let cpu = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        out.push(format!(
+            "  {} {} state={} cpu_ticks={cpu} wchan={}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            f.first().unwrap_or(&"?"),
+            read("wchan"),
+            read("stack").trim_end()
+        ));
+    }
+    out.join("\n")
+}
+
+/// What each VM ended in: its state and reason, the end of its console and of its VMM's
+/// stderr, and the daemon's lines about VMs ending (a guest that went silent shows why).
+fn report_end(daemon: &Daemon, tau: &str) {
+    let vms: Vec<VmInfo> = daemon.get("/vms");
+    for vm in &vms {
+        eprintln!(
+            "END,{tau},{},{:?},{}",
+            vm.name,
+            vm.state,
+            vm.reason.as_deref().unwrap_or("-")
+        );
+        eprintln!(
+            "--- {} memory ---\n{:?}\nballoon {:?}\nworking set {:?}",
+            vm.name,
+            vm.memory,
+            vm.stats.as_ref().and_then(|s| s.balloon.as_ref()),
+            vm.stats.as_ref().and_then(|s| s.working_set.as_ref())
+        );
+        eprintln!(
+            "--- {} console (tail) ---\n{}",
+            vm.name,
+            tail(&console(vm), 25)
+        );
+        eprintln!(
+            "--- {} vmm.log (tail) ---\n{}",
+            vm.name,
+            tail(&vmm_log(vm), 25)
+        );
+        if let Some(pid) = vm.pid {
+            // Twice, 5 s apart: a thread whose CPU time grows is running.
+            for _ in 0..2 {
+                eprintln!("--- {} VMM threads ---\n{}", vm.name, threads(pid));
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+    }
+    let log = daemon.log();
+    let notable: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            [
+                "triple", "exited", "failed", "crash", "killed", "error", "pause", "resume",
+                "cannot",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+        })
+        .collect();
+    eprintln!("--- daemon log: VMs ending ---\n{}", notable.join("\n"));
+}
+
 fn wait_console(daemon: &Daemon, name: &str, needle: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
@@ -57,6 +184,9 @@ fn wait_console(daemon: &Daemon, name: &str, needle: &str, timeout: Duration) {
             .any(|vm| vm.name == name && console(vm).contains(needle))
         {
             return;
+        }
+        if Instant::now() >= deadline {
+            report_end(daemon, "timeout");
         }
         assert!(
             Instant::now() < deadline,
@@ -103,20 +233,33 @@ fn one_run(tau: &str) -> Outcome {
     let dir = env.scratch(&format!("idle-tax-{tau}"));
     let daemon = Daemon::start_with(&dir, None, &["--memory-budget", BUDGET, "--idle-tax", tau]);
     let disk = dir.join("cache.img");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(384 * MIB))
-        .expect("disk image");
-    // A: reads its whole disk into its page cache, then only prints a heartbeat.
+    data_disk(&disk, DISK_MIB);
+    // A: reads its whole disk into its page cache, says how much is cached, then only
+    // prints a heartbeat. The shell holds /dev/vda open (fd 3): Linux drops a block
+    // device's page cache when its last opener closes it, so `dd` alone leaves nothing.
     create(
         &daemon,
         &spec(
             "vm-a",
-            "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null; echo FILLED; \
+            "exec 3</dev/vda; dd if=/dev/vda of=/dev/null bs=1M; \
+             echo CACHED $(sed -n 's/^Buffers: *//p; s/^Cached: *//p' /proc/meminfo); \
+             echo FILLED; \
              while true; do sleep 5; echo ALIVE; done",
             Some(&disk),
         ),
     );
-    wait_console(&daemon, "vm-a", "FILLED", Duration::from_secs(400));
+    wait_console(&daemon, "vm-a", "FILLED", Duration::from_secs(600));
+    let a = daemon.info("vm-a");
+    let cached = cached_mib(&console(&a));
+    eprintln!(
+        "FILL,{tau},cached_mib={cached:?},allocated_mib={:?}",
+        a.memory.as_ref().map(|m| m.allocated_bytes / MIB)
+    );
+    assert!(
+        cached.is_some_and(|c| c >= MIN_CACHED_MIB),
+        "A's page cache holds {cached:?} MiB of its {DISK_MIB} MiB disk:\n{}",
+        console(&a)
+    );
     // B: a working set growing by 32 MiB every 15 s, then held at its top.
     create(
         &daemon,
@@ -150,18 +293,24 @@ fn one_run(tau: &str) -> Outcome {
             .map_or("-", |m| m.state.as_str())
             .to_string();
         for vm in &vms {
-            let Some(m) = &vm.memory else { continue };
+            let Some(m) = &vm.memory else {
+                // Not running (or not yet seen by the manager): say so.
+                let reason = vm.reason.as_deref().unwrap_or("-");
+                eprintln!("NOMEM,{tau},{t:.1},{},{:?},{reason}", vm.name, vm.state);
+                continue;
+            };
             let i = usize::from(vm.name == "vm-b");
             last.target[i] = m.target_bytes / MIB;
             last.allocated[i] = m.allocated_bytes / MIB;
             eprintln!(
-                "ALLOC,{tau},{t:.1},{},{},{},{},{},{},{state}",
+                "ALLOC,{tau},{t:.1},{},{},{},{},{},{},{state},{:?}",
                 vm.name,
                 m.target_bytes / MIB,
                 m.allocated_bytes / MIB,
                 m.ballooned_bytes / MIB,
                 m.active_bytes / MIB,
-                u8::from(m.paused_by_manager)
+                u8::from(m.paused_by_manager),
+                vm.state
             );
             if vm.name == "vm-b" {
                 let all = throughputs(&console(vm));
@@ -182,6 +331,7 @@ fn one_run(tau: &str) -> Outcome {
             .map(|(_, v)| *v)
             .collect(),
     );
+    report_end(&daemon, tau);
     eprintln!("OUTCOME,{tau},{last:?}");
     last
 }
