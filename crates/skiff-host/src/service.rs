@@ -20,7 +20,7 @@ use crate::process::{self, PidFd};
 use crate::restart::{self, AfterExit};
 use crate::store::{ProcessRecord, Store, VmPaths, VmRecord};
 use crate::validate;
-use crate::vmm::{self, VmmClient};
+use crate::vmm::{self, ControlError, VmmClient};
 
 /// How many host-wide events are kept in memory (each VM's are on disk too).
 const RECENT_EVENTS: usize = 1000;
@@ -666,13 +666,25 @@ impl Host {
             }
             Ok(e.client.clone())
         })?;
-        client
-            .command(request)
-            .await
-            .map_err(|source| HostError::Vmm {
+        if let Err(source) = client.command(request).await {
+            if pause
+                && matches!(
+                    source,
+                    ControlError::Timeout(_) | ControlError::BadResponse(_)
+                )
+            {
+                // The VMM may still carry the pause out after we stopped waiting (its control
+                // thread can be busy, e.g. with a reclaim of up to 20 s), and the VM stays
+                // recorded as running: nothing would ever resume it. Withdraw the pause.
+                if let Err(e) = client.command(ControlRequest::Resume).await {
+                    log::warn!("{name}: cannot withdraw an unanswered pause: {e}");
+                }
+            }
+            return Err(HostError::Vmm {
                 name: name.to_string(),
                 source,
-            })?;
+            });
+        }
         let info = self.with_vm(name, |e| {
             if e.record.state == from {
                 e.set_state(to);

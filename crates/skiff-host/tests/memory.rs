@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use skiff_api::balloon::BalloonStats;
 use skiff_api::control::{ControlRequest, ControlResponse, RunState, VmStats};
 use skiff_host::memory::{FreeState, MemoryConfig};
+use skiff_host::model::VmState;
 use skiff_host::{Host, HostConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -52,6 +53,41 @@ async fn serve_control(listener: UnixListener, seen: Arc<Mutex<Vec<ControlReques
             _ => ControlResponse::ok(),
         };
         seen.lock().expect("lock").push(request);
+        let mut text = serde_json::to_string(&response).expect("json");
+        text.push('\n');
+        let _ = write.write_all(text.as_bytes()).await;
+    }
+}
+
+/// Like `serve_control`, but a pause is answered only after `pause_delay`: a VMM whose
+/// control thread is busy (in a reclaim, say) and pauses after the daemon stopped waiting.
+async fn serve_control_slow_pause(
+    listener: UnixListener,
+    seen: Arc<Mutex<Vec<ControlRequest>>>,
+    pause_delay: Duration,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        if BufReader::new(read).read_line(&mut line).await.is_err() {
+            continue;
+        }
+        let Ok(request) = serde_json::from_str::<ControlRequest>(line.trim()) else {
+            continue;
+        };
+        seen.lock().expect("lock").push(request.clone());
+        let response = match request {
+            ControlRequest::Stats => ControlResponse::Ok {
+                stats: Some(stats()),
+                reclaim: None,
+            },
+            ControlRequest::Pause => {
+                // One request at a time, as the VMM's control thread serves them.
+                tokio::time::sleep(pause_delay).await;
+                ControlResponse::ok()
+            }
+            _ => ControlResponse::ok(),
+        };
         let mut text = serde_json::to_string(&response).expect("json");
         text.push('\n');
         let _ = write.write_all(text.as_bytes()).await;
@@ -147,4 +183,47 @@ async fn a_vm_whose_min_does_not_fit_is_refused_with_the_numbers() {
     let vm = host.inspect("greedy").await.expect("inspect");
     assert_eq!(vm.state, skiff_host::model::VmState::Stopped);
     assert_eq!(vm.pid, None, "no VMM was started");
+}
+
+/// A pause the VMM answers too late fails, and the daemon withdraws it (a resume follows),
+/// so the VM, still recorded as running, is not left paused by a VMM that paused after all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_pause_is_withdrawn() {
+    let (host, dir, kernel) = daemon().await;
+    let state_dir = dir.path().join("state");
+    let spec = format!(r#"{{"name":"slow","kernel":"{kernel}","memory":{{"size":"256M"}}}}"#);
+    host.create(spec.as_bytes(), false).await.expect("create");
+    let listener =
+        UnixListener::bind(state_dir.join("vms/slow/control.sock")).expect("control socket");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    // Past the daemon's 10 s request timeout.
+    tokio::spawn(serve_control_slow_pause(
+        listener,
+        seen.clone(),
+        Duration::from_secs(11),
+    ));
+    host.start("slow").await.expect("start");
+    let running = Instant::now() + Duration::from_secs(10);
+    while host.inspect("slow").await.expect("inspect").state != VmState::Running {
+        assert!(Instant::now() < running, "never running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let err = host.pause("slow").await.expect_err("the pause times out");
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seen.lock().expect("lock").contains(&ControlRequest::Resume) {
+        assert!(
+            Instant::now() < deadline,
+            "the pause was not withdrawn: {:?}",
+            seen.lock().expect("lock")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vm = host.inspect("slow").await.expect("inspect");
+    assert_eq!(vm.state, VmState::Running);
+
+    host.stop("slow", Some(Duration::from_millis(300)), false)
+        .await
+        .expect("stop");
 }
