@@ -4,7 +4,7 @@ time with τ = 0 and τ = 0.75, and B's throughput in each run.
 
 Input: the `ALLOC,...` and `TPUT,...` lines the ignored e2e test `idle_tax::*` prints (other
 lines are skipped, so its whole output will do):
-    ALLOC,tau,t_s,vm,target_mib,allocated_mib,ballooned_mib,active_mib,paused,state
+    ALLOC,tau,t_s,vm,target_mib,allocated_mib,ballooned_mib,active_mib,paused,state[,vm_state]
     TPUT,tau,t_s,throughput_mib_s
 
     python3 -m venv ~/.cache/skiff/venv-plot && ~/.cache/skiff/venv-plot/bin/pip install matplotlib
