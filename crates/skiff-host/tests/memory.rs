@@ -34,34 +34,10 @@ fn stats() -> VmStats {
     }
 }
 
-/// Answers control requests on `listener` and records them.
-async fn serve_control(listener: UnixListener, seen: Arc<Mutex<Vec<ControlRequest>>>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let (read, mut write) = stream.into_split();
-        let mut line = String::new();
-        if BufReader::new(read).read_line(&mut line).await.is_err() {
-            continue;
-        }
-        let Ok(request) = serde_json::from_str::<ControlRequest>(line.trim()) else {
-            continue;
-        };
-        let response = match request {
-            ControlRequest::Stats => ControlResponse::Ok {
-                stats: Some(stats()),
-                reclaim: None,
-            },
-            _ => ControlResponse::ok(),
-        };
-        seen.lock().expect("lock").push(request);
-        let mut text = serde_json::to_string(&response).expect("json");
-        text.push('\n');
-        let _ = write.write_all(text.as_bytes()).await;
-    }
-}
-
-/// Like `serve_control`, but a pause is answered only after `pause_delay`: a VMM whose
-/// control thread is busy (in a reclaim, say) and pauses after the daemon stopped waiting.
-async fn serve_control_slow_pause(
+/// Answers control requests on `listener` and records them. A pause is answered only after
+/// `pause_delay`, one request at a time as the VMM's control thread serves them: a VMM busy
+/// (in a reclaim, say) that pauses after the daemon stopped waiting.
+async fn serve_control(
     listener: UnixListener,
     seen: Arc<Mutex<Vec<ControlRequest>>>,
     pause_delay: Duration,
@@ -82,7 +58,6 @@ async fn serve_control_slow_pause(
                 reclaim: None,
             },
             ControlRequest::Pause => {
-                // One request at a time, as the VMM's control thread serves them.
                 tokio::time::sleep(pause_delay).await;
                 ControlResponse::ok()
             }
@@ -132,7 +107,7 @@ async fn an_oversized_vm_is_asked_to_balloon_down() {
     let listener =
         UnixListener::bind(state_dir.join("vms/big/control.sock")).expect("control socket");
     let seen = Arc::new(Mutex::new(Vec::new()));
-    tokio::spawn(serve_control(listener, seen.clone()));
+    tokio::spawn(serve_control(listener, seen.clone(), Duration::ZERO));
     host.start("big").await.expect("start");
     tokio::spawn(skiff_host::memory::sample_forever(host.clone()));
 
@@ -197,7 +172,7 @@ async fn an_unanswered_pause_is_withdrawn() {
         UnixListener::bind(state_dir.join("vms/slow/control.sock")).expect("control socket");
     let seen = Arc::new(Mutex::new(Vec::new()));
     // Past the daemon's 10 s request timeout.
-    tokio::spawn(serve_control_slow_pause(
+    tokio::spawn(serve_control(
         listener,
         seen.clone(),
         Duration::from_secs(11),
