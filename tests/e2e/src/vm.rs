@@ -307,7 +307,21 @@ impl Vm {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
         }
-        let _ = self.child.wait();
+        // A process stuck in the kernel (a KVM ioctl under nested emulation) does not die
+        // of SIGKILL: say where it is stuck instead of hanging the whole run.
+        let deadline = Instant::now() + REAP_TIMEOUT;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "warning: VMM pid {} still running {REAP_TIMEOUT:?} after SIGKILL; left \
+                     behind. {}",
+                    self.child.id(),
+                    stuck_threads(self.child.id())
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The command line, console and stderr, for error messages.
@@ -353,4 +367,35 @@ fn read_console(
         // The test may not be reading lines; that's fine.
         let _ = tx.send(line);
     }
+}
+
+/// How long a killed VMM may take to exit.
+const REAP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Each thread of `pid` with its state and the kernel function it waits in.
+fn stuck_threads(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    tasks
+        .flatten()
+        .map(|t| {
+            let stat = read(t.path().join("stat"));
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            format!(
+                "{} ({}) state {} in {}",
+                t.file_name().to_string_lossy(),
+                read(t.path().join("comm")).trim(),
+                state.unwrap_or("?"),
+                read(t.path().join("wchan")).trim()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
