@@ -35,8 +35,11 @@ fn console(vm: &VmInfo) -> String {
     std::fs::read_to_string(&vm.console.log).unwrap_or_default()
 }
 
-/// A guest that fills its page cache with its whole disk, then prints a heartbeat.
-const FILL_THEN_IDLE: &str = "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null; echo FILLED; \
+/// A guest that fills its page cache with its whole disk, then prints a heartbeat. The shell
+/// keeps /dev/vda open: Linux drops a block device's page cache at its last close, so with
+/// `dd` the only opener the cache would be gone as soon as it is filled.
+const FILL_THEN_IDLE: &str = "exec 3</dev/vda; dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null; \
+     echo FILLED; \
      while true; do echo ALIVE $(cut -d' ' -f1 /proc/uptime); sleep 2; done";
 
 /// A 512 MiB VM running `cmd` with `disk` as /dev/vda, sampling its working set every
