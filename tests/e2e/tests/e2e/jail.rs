@@ -5,7 +5,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use skiff_e2e::{make_ext4, GuestSpec, Signal, TestEnv, Vmm, INIT_READY};
 
@@ -257,4 +257,75 @@ fn the_daemon_jails_its_vmms_and_gives_them_their_disks() {
     let status = std::fs::read_to_string(format!("/proc/{}/status", info.pid.expect("pid")))
         .expect("status");
     assert!(status_field(&status, "Uid").starts_with("0\t"), "{status}");
+}
+
+/// What jailing costs the daemon's starts and stops: one VM under a jailed daemon and one
+/// under `--no-jail`, started (until its control socket answers: `running`) and stopped
+/// with `force`, alternately, ROUNDS times each. Prints each mode's medians and the ratio.
+#[test]
+#[ignore = "a measurement: cargo xtask e2e jail::bench -- --ignored --nocapture"]
+fn bench_daemon_start_and_stop_jailed_and_unjailed() {
+    use skiff_host::model::{VmInfo, VmState};
+
+    use crate::daemon::Daemon;
+    const ROUNDS: usize = 12;
+    let env = TestEnv::get();
+    let dir = env.scratch("jail-bench");
+    let daemons = [
+        ("jailed", Daemon::start_with(&dir.join("jailed"), None, &[])),
+        (
+            "unjailed",
+            Daemon::start_with(&dir.join("unjailed"), None, &["--no-jail"]),
+        ),
+    ];
+    let spec = serde_json::json!({
+        "name": "b",
+        "kernel": env.kernel,
+        "initrd": env.initrd,
+        "cmdline": GuestSpec::new(Vmm::Skiff).no_poweroff().cmd("sleep 600").kernel_cmdline(),
+        "memory": "128M",
+    });
+    for (_, daemon) in &daemons {
+        let body = serde_json::to_vec(&spec).expect("json");
+        let created = daemon
+            .client()
+            .blocking("POST", "/vms", Some(body))
+            .expect("API");
+        assert_eq!(created.status, 201, "{}", created.text());
+    }
+    let timed = |daemon: &Daemon, path: &str| {
+        let started = Instant::now();
+        let r = daemon.client().blocking("POST", path, None).expect("API");
+        let took = started.elapsed();
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let info: VmInfo = serde_json::from_slice(&r.body).expect("info");
+        (took, info.state)
+    };
+    let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    for round in 0..ROUNDS {
+        // Alternate which goes first, so neither always runs after the other's stop.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let daemon = &daemons[i].1;
+            let (start, state) = timed(daemon, "/vms/b/start");
+            assert_eq!(state, VmState::Running, "{}", daemons[i].0);
+            let (stop, state) = timed(daemon, "/vms/b/stop?force=true");
+            assert_eq!(state, VmState::Stopped, "{}", daemons[i].0);
+            times[i][0].push(start);
+            times[i][1].push(stop);
+        }
+    }
+    let median = |v: &Vec<Duration>| {
+        let mut v = v.clone();
+        v.sort();
+        v[v.len() / 2]
+    };
+    for (what, k) in [("start to running", 0), ("forced stop", 1)] {
+        let (jailed, unjailed) = (median(&times[0][k]), median(&times[1][k]));
+        eprintln!(
+            "JAIL-BENCH {what}: jailed median {jailed:.2?}, unjailed {unjailed:.2?}, ratio {:.2} \
+             ({ROUNDS} rounds each)",
+            jailed.as_secs_f64() / unjailed.as_secs_f64()
+        );
+    }
 }
