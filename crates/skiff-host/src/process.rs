@@ -188,17 +188,18 @@ mod tests {
             .spawn()
             .expect("spawn");
         let pid = parent.id() as i32;
-        let mut child = None;
-        for _ in 0..200 {
-            child = only_child(pid);
-            if child.is_some() {
+        let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+        // Until the child has forked and exec'd sleep (its comm is "sh" in between).
+        let mut found = None;
+        for _ in 0..500 {
+            found = only_child(pid);
+            if found.and_then(comm).is_some_and(|c| c.trim() == "sleep") {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let child = child.expect("sh's child");
-        let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).expect("comm");
-        assert_eq!(comm.trim(), "sleep");
+        let child = found.expect("sh's child");
+        assert_eq!(comm(child).as_deref().map(str::trim), Some("sleep"));
         assert_eq!(only_child(child), None, "sleep has no child");
         // SAFETY: kill with a PID we just found, our grandchild.
         unsafe { libc::kill(child, libc::SIGKILL) };
