@@ -123,6 +123,15 @@ fn threads(pid: i32) -> String {
     out.join("\n")
 }
 
+/// `pid` and its children: a jailed VM's pid is its jail's supervisor, whose child is the VMM.
+fn with_children(pid: i32) -> Vec<i32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .collect()
+}
+
 /// What each VM ended in: its state and reason, the end of its console and of its VMM's
 /// stderr, and the daemon's lines about VMs ending (a guest that went silent shows why).
 fn report_end(daemon: &Daemon, tau: &str) {
@@ -154,7 +163,13 @@ fn report_end(daemon: &Daemon, tau: &str) {
         if let Some(pid) = vm.pid {
             // Twice, 5 s apart: a thread whose CPU time grows is running.
             for _ in 0..2 {
-                eprintln!("--- {} VMM threads ---\n{}", vm.name, threads(pid));
+                for pid in with_children(pid) {
+                    eprintln!(
+                        "--- {} process {pid} threads ---\n{}",
+                        vm.name,
+                        threads(pid)
+                    );
+                }
                 std::thread::sleep(Duration::from_secs(5));
             }
         }
