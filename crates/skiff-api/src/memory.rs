@@ -4,6 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A reclaim request stops after this long with what it has (its report says so), so a
+/// VMM's control socket, which serves one request at a time, stays live; clients wait this
+/// long plus a margin for its answer.
+pub const RECLAIM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Working-set sampling (`[working_set]` in a VM spec): every period the VMM write-protects
 /// `pages` random guest pages and counts how many the guest wrote by the period's end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,6 +14,8 @@ use skiff_api::control::{ControlRequest, ControlResponse, VmStats};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use skiff_api::memory::RECLAIM_DEADLINE;
+
 use crate::jail::JailIds;
 use crate::store::VmPaths;
 
@@ -44,9 +46,15 @@ impl VmmClient {
     }
 
     pub async fn request(&self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request))
+        // A reclaim works for up to its deadline: giving up sooner would leave the VMM busy
+        // with it while the next requests (a pause) queue behind it and time out in turn.
+        let timeout = match request {
+            ControlRequest::Reclaim { .. } => RECLAIM_DEADLINE + REQUEST_TIMEOUT,
+            _ => REQUEST_TIMEOUT,
+        };
+        tokio::time::timeout(timeout, self.exchange(request))
             .await
-            .map_err(|_| ControlError::Timeout(REQUEST_TIMEOUT))?
+            .map_err(|_| ControlError::Timeout(timeout))?
     }
 
     async fn exchange(&self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {

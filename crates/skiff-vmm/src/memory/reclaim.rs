@@ -12,7 +12,7 @@
 //! Newer kernels page out what they are given regardless of accessed bits.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use skiff_api::memory::{ReclaimMode, ReclaimReport, ReclaimStats};
 use skiff_pci::msix::lock;
@@ -23,8 +23,7 @@ use super::{GuestRam, MemoryError, Release, PAGE_SIZE};
 const BLOCK_PAGES: u64 = 512;
 /// Page-out passes over guest memory per request at most (see `Reclaimer::reclaim`).
 const PAGEOUT_SWEEPS: u32 = 2;
-/// A request stops after this long with what it has, so the control socket stays live.
-pub const RECLAIM_DEADLINE: Duration = Duration::from_secs(20);
+pub use skiff_api::memory::RECLAIM_DEADLINE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReclaimError {
