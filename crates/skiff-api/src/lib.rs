@@ -14,6 +14,6 @@ pub use memory::WorkingSetSpec;
 pub use net::{MacAddr, NicSpec, VsockSpec};
 pub use size::{ByteSize, SizeError};
 pub use spec::{
-    validate_name, CpuSpec, DiskSpec, MemorySpec, RestartPolicy, SpecError, VmSpec, CPU_SHARES,
-    DEFAULT_SHARES,
+    validate_domain, validate_name, CpuSpec, DiskSpec, MemorySpec, RestartPolicy, SpecError,
+    VmSpec, CPU_SHARES, DEFAULT_SHARES,
 };

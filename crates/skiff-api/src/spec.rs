@@ -161,6 +161,18 @@ pub struct MemorySpec {
     /// docs/memory.md). Absent: the host's default domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sharing_domain: Option<String>,
+    /// false: KSM never merges this VM's memory (its guest RAM is not MADV_MERGEABLE),
+    /// whatever its domain.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub page_sharing: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl MemorySpec {
@@ -170,6 +182,7 @@ impl MemorySpec {
             min: None,
             shares: None,
             sharing_domain: None,
+            page_sharing: true,
         }
     }
 }
@@ -187,6 +200,8 @@ impl<'de> Deserialize<'de> for MemorySpec {
             shares: Option<u64>,
             #[serde(default)]
             sharing_domain: Option<String>,
+            #[serde(default = "yes")]
+            page_sharing: bool,
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -201,9 +216,10 @@ impl<'de> Deserialize<'de> for MemorySpec {
                 min: t.min,
                 shares: t.shares,
                 sharing_domain: t.sharing_domain,
+                page_sharing: t.page_sharing,
             }),
             Err(_) => Err(serde::de::Error::custom(
-                "expected a size such as \"512M\" or a table { size, min, shares, sharing_domain } with a valid, non-negative size",
+                "expected a size such as \"512M\" or a table { size, min, shares, sharing_domain, page_sharing } with a valid, non-negative size",
             )),
         }
     }
@@ -352,6 +368,11 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     check_name(name).map_err(|reason| SpecError::invalid("name", reason))
 }
 
+/// A sharing domain's name (`memory.sharing_domain`, `skiff host --sharing-domain`).
+pub fn validate_domain(name: &str) -> Result<(), SpecError> {
+    check_name(name).map_err(|reason| SpecError::invalid("memory.sharing_domain", reason))
+}
+
 /// Names (of VMs, of sharing domains) end up in paths and on command lines: keep them tame.
 fn check_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
@@ -414,6 +435,15 @@ mod tests {
         )
         .expect("valid spec");
         assert_eq!(spec.memory.sharing_domain.as_deref(), Some("tenant-a"));
+        assert!(
+            spec.memory.page_sharing,
+            "sharing is on unless the spec says no"
+        );
+        let opted_out = r#"{"kernel":"/k","memory":{"size":"256M","page_sharing":false}}"#;
+        let opted = VmSpec::from_json(opted_out).expect("spec");
+        assert!(!opted.memory.page_sharing);
+        let again = serde_json::to_string(&opted).expect("json");
+        assert!(again.contains("\"page_sharing\":false"), "{again}");
         assert_eq!(
             (spec.working_set.period_secs, spec.working_set.pages),
             (2, 64)

@@ -439,7 +439,8 @@ impl Host {
         })?;
         let launched = self.jail_ids(name).and_then(|jail| {
             self.prepare_jail(name, &spec, jail)?;
-            let pid = vmm::launch(&self.inner.config.vmm_bin, name, &paths, jail)
+            let sharing = self.inner.config.memory.may_share(&spec.memory);
+            let pid = vmm::launch(&self.inner.config.vmm_bin, name, &paths, jail, sharing)
                 .and_then(|pid| Ok((pid, PidFd::open(pid)?)))
                 .map_err(|source| HostError::Launch {
                     name: name.to_string(),

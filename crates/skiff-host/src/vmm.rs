@@ -109,13 +109,16 @@ impl VmmClient {
 /// daemon, and in its control group skiff/NAME with the spec's cpu shares and quota (the
 /// VMM joins it before it starts a thread; see docs/cgroups.md); jailed as `jail` when given.
 /// Its serial console is a FIFO (stdin) and a log file (stdout), which need no process on the
-/// other side: the console survives a daemon restart. Returns the PID of the process started:
-/// the VMM, or (jailed) its supervisor outside the jail's PID namespace.
+/// other side: the console survives a daemon restart. Without `page_sharing` its guest RAM
+/// is never mergeable (another sharing domain's VM, or one that opted out). Returns the PID
+/// of the process started: the VMM, or (jailed) its supervisor outside the jail's PID
+/// namespace.
 pub fn launch(
     vmm_bin: &Path,
     name: &str,
     paths: &VmPaths,
     jail: Option<JailIds>,
+    page_sharing: bool,
 ) -> io::Result<i32> {
     make_fifo(&paths.console_in())?;
     // Read-write, so the VMM itself holds a writer and never sees end-of-file on its console
@@ -139,6 +142,9 @@ pub fn launch(
         Err(e) => return Err(e),
     }
     let mut command = command(vmm_bin, name, paths, jail)?;
+    if !page_sharing {
+        command.arg("--no-page-sharing");
+    }
     command
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))

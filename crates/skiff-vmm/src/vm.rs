@@ -61,7 +61,7 @@ impl VmConfig {
             kernel: spec.kernel.clone(),
             initrd: spec.initrd.clone(),
             cmdline: spec.cmdline.clone(),
-            mergeable: true,
+            mergeable: spec.memory.page_sharing,
             sharing_domain: spec.memory.sharing_domain.clone(),
             working_set: spec.working_set,
             allow_slow_kvm: false,

@@ -70,6 +70,11 @@ struct DaemonArgs {
     /// it KSM is left as it is and only reported.
     #[arg(long)]
     ksm: bool,
+    /// The page-sharing domain (`memory.sharing_domain`) whose VMs KSM may merge; every
+    /// other domain's VMs run unmergeable, since KSM merges across all mergeable memory
+    /// (docs/memory.md) [default: the VMs without a domain].
+    #[arg(long, value_name = "NAME")]
+    sharing_domain: Option<String>,
     /// The idle-memory tax rate τ in [0, 1): an idle page costs 1/(1−τ) active ones.
     #[arg(long, default_value_t = 0.75, value_name = "TAU")]
     idle_tax: f64,
@@ -178,12 +183,16 @@ fn serve(args: DaemonArgs) -> Result<u8> {
         budget_bytes: args.memory_budget.map(ByteSize::bytes),
         reclaim_capacity_bytes: args.reclaim_capacity.map(ByteSize::bytes),
         manage_ksm: args.ksm,
+        sharing_domain: args.sharing_domain,
         policy: PolicyConfig {
             tax_rate: args.idle_tax,
             ..PolicyConfig::default()
         },
     };
     memory.validate().context("--idle-tax")?;
+    if let Some(domain) = &memory.sharing_domain {
+        skiff_api::validate_domain(domain).context("--sharing-domain")?;
+    }
     let jail = match args.no_jail {
         true => None,
         false => Some(jail_config(args.jail_uid_base)?),

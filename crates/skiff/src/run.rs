@@ -98,7 +98,7 @@ pub struct RunArgs {
 impl RunArgs {
     fn vm_config(&self, spec: &VmSpec) -> VmConfig {
         let mut config = VmConfig::from_spec(spec);
-        config.mergeable = !self.no_page_sharing;
+        config.mergeable = spec.memory.page_sharing && !self.no_page_sharing;
         config.allow_slow_kvm = self.allow_slow_kvm;
         config
     }

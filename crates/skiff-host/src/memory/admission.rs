@@ -56,6 +56,7 @@ mod tests {
             min: Some(ByteSize::from_mib(min)),
             shares: None,
             sharing_domain: None,
+            page_sharing: true,
         }
     }
 

@@ -1,5 +1,7 @@
-//! The memory manager's settings (`skiff host --memory-budget`, `--idle-tax`).
+//! The memory manager's settings (`skiff host --memory-budget`, `--idle-tax`,
+//! `--sharing-domain`).
 
+use skiff_api::MemorySpec;
 use skiff_mem_policy::{ConfigError, PolicyConfig};
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -12,11 +14,21 @@ pub struct MemoryConfig {
     pub policy: PolicyConfig,
     /// Start ksmd and set its scan rate; otherwise KSM is only reported.
     pub manage_ksm: bool,
+    /// The one page-sharing domain whose VMs may be mergeable (`None`: the VMs without a
+    /// domain). KSM merges across every mergeable process, so the daemon keeps every other
+    /// domain's VMs unmergeable (docs/memory.md).
+    pub sharing_domain: Option<String>,
 }
 
 impl MemoryConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.policy.validate()
+    }
+
+    /// Whether a VM with `memory` may have KSM merge its pages: it did not opt out and it
+    /// is in the host's sharing domain.
+    pub fn may_share(&self, memory: &MemorySpec) -> bool {
+        memory.page_sharing && memory.sharing_domain == self.sharing_domain
     }
 
     /// The budget on a host with `mem_total` bytes of memory.
@@ -39,5 +51,25 @@ mod tests {
         };
         assert_eq!(fixed.budget(10_000), 2 << 30);
         assert!(fixed.validate().is_ok());
+    }
+
+    #[test]
+    fn only_the_sharing_domain_and_no_opted_out_vm_shares() {
+        let vm = |domain: Option<&str>, page_sharing| MemorySpec {
+            sharing_domain: domain.map(str::to_string),
+            page_sharing,
+            ..MemorySpec::of_size(skiff_api::ByteSize::from_mib(256))
+        };
+        let default = MemoryConfig::default();
+        assert!(default.may_share(&vm(None, true)));
+        assert!(!default.may_share(&vm(None, false)), "opted out");
+        assert!(!default.may_share(&vm(Some("a"), true)), "another domain");
+        let a = MemoryConfig {
+            sharing_domain: Some("a".into()),
+            ..MemoryConfig::default()
+        };
+        assert!(a.may_share(&vm(Some("a"), true)));
+        assert!(!a.may_share(&vm(None, true)));
+        assert!(!a.may_share(&vm(Some("b"), true)));
     }
 }

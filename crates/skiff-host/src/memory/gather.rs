@@ -89,7 +89,7 @@ pub(super) fn host_input(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use skiff_api::balloon::{BalloonStats, GuestMemoryStats};
     use skiff_api::control::RunState;
@@ -98,7 +98,8 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn stats() -> VmStats {
+    /// A running VMM's stats as the manager gets them (the manager's tests use it too).
+    pub(in crate::memory) fn stats() -> VmStats {
         VmStats {
             state: RunState::Running,
             vcpus: 1,
@@ -129,6 +130,7 @@ mod tests {
             min: Some(ByteSize::from_mib(128)),
             shares: None,
             sharing_domain: None,
+            page_sharing: true,
         };
         let vm = vm_input("a", &memory, &stats(), true);
         assert_eq!((vm.min_bytes, vm.max_bytes), (128 * MIB, 512 * MIB));

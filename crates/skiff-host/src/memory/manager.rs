@@ -55,15 +55,16 @@ impl Manager {
 
     /// One period over the VMs' latest stats (sampled just before).
     pub(super) async fn run_period(&mut self, host: &Host) {
-        let Some(policy) = self.policy.as_mut() else {
-            return;
-        };
         let vms: Vec<VmInfo> = host
             .list()
             .into_iter()
             .filter(|vm| matches!(vm.state, VmState::Running | VmState::Paused))
             .filter(|vm| vm.stats.is_some())
             .collect();
+        self.keep_one_sharing_domain(host, &vms).await;
+        let Some(policy) = self.policy.as_mut() else {
+            return;
+        };
         // A VM resumed by hand, or gone, is no longer ours to resume.
         self.paused.retain(|name| {
             vms.iter()
@@ -108,6 +109,23 @@ impl Manager {
         let shareable = gather::shareable_fraction(&stats);
         host_status.ksm = self.ksm.period(super::SAMPLE_PERIOD, mergeable, shareable);
         host.record_memory(host_status, vm_status);
+    }
+
+    /// VMs started before (by a daemon with another `--sharing-domain`, or adopted) may be
+    /// mergeable outside the host's sharing domain: turn those off first, and only once
+    /// none is left turn sharing on for the domain's VMs that lack it, so two domains are
+    /// never mergeable at the same time.
+    async fn keep_one_sharing_domain(&self, host: &Host, vms: &[VmInfo]) {
+        let (off, on) = sharing_changes(&self.config, vms);
+        let mut all_off = true;
+        for name in off {
+            all_off &= set_page_sharing(host, &name, false).await;
+        }
+        if all_off {
+            for name in on {
+                set_page_sharing(host, &name, true).await;
+            }
+        }
     }
 
     async fn carry_out(&mut self, host: &Host, vms: &[VmInfo], name: &str, step: Step) {
@@ -165,6 +183,49 @@ impl Manager {
                 }
                 Err(e) => log::warn!("{name}: cannot resume: {e}"),
             },
+        }
+    }
+}
+
+/// The VMs whose page sharing must go off, and those whose may go on, by what each VMM
+/// reports and what the host's sharing domain allows.
+pub(super) fn sharing_changes(config: &MemoryConfig, vms: &[VmInfo]) -> (Vec<String>, Vec<String>) {
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for vm in vms {
+        let Some(stats) = &vm.stats else { continue };
+        match (stats.sharing.mergeable, config.may_share(&vm.spec.memory)) {
+            (true, false) => off.push(vm.name.clone()),
+            (false, true) => on.push(vm.name.clone()),
+            _ => {}
+        }
+    }
+    (off, on)
+}
+
+/// Asks a VMM to turn page sharing on or off; true if it did.
+async fn set_page_sharing(host: &Host, name: &str, enabled: bool) -> bool {
+    let Some(client) = client_of(host, name) else {
+        return false;
+    };
+    match client
+        .request(&ControlRequest::PageSharing { enabled })
+        .await
+    {
+        Ok(ControlResponse::Ok { .. }) => {
+            log::info!(
+                "{name}: page sharing {}",
+                if enabled { "on" } else { "off" }
+            );
+            true
+        }
+        Ok(ControlResponse::Error { message }) => {
+            log::warn!("{name}: page sharing {enabled}: {message}");
+            false
+        }
+        Err(e) => {
+            log::warn!("{name}: page sharing {enabled}: {e}");
+            false
         }
     }
 }
@@ -254,6 +315,56 @@ pub(super) fn status(
 mod tests {
     use super::*;
     use skiff_mem_policy::{BalloonInput, FreeState, PolicyConfig};
+
+    /// A running VM in `domain` whose VMM reports `mergeable`.
+    fn vm_info(name: &str, domain: Option<&str>, page_sharing: bool, mergeable: bool) -> VmInfo {
+        let mut spec =
+            skiff_api::VmSpec::from_json(r#"{"kernel":"/k","memory":"64M"}"#).expect("spec");
+        spec.memory.sharing_domain = domain.map(str::to_string);
+        spec.memory.page_sharing = page_sharing;
+        let mut stats = super::super::gather::tests::stats();
+        stats.sharing.mergeable = mergeable;
+        VmInfo {
+            name: name.into(),
+            state: VmState::Running,
+            desired: crate::model::Desired::Running,
+            spec,
+            pid: Some(10),
+            vmm_pid: Some(10),
+            jail: None,
+            restarts: 0,
+            reason: None,
+            stats: Some(stats),
+            console: crate::model::ConsoleFiles {
+                input: "/s/in".into(),
+                log: "/s/log".into(),
+            },
+            memory: None,
+        }
+    }
+
+    #[test]
+    fn sharing_goes_off_outside_the_host_domain_and_on_inside_it() {
+        let config = MemoryConfig {
+            sharing_domain: Some("a".into()),
+            ..MemoryConfig::default()
+        };
+        let vms = [
+            vm_info("a-on", Some("a"), true, true),
+            vm_info("a-off", Some("a"), true, false),
+            vm_info("a-opted-out", Some("a"), false, true),
+            vm_info("b-on", Some("b"), true, true),
+            vm_info("b-off", Some("b"), true, false),
+            vm_info("default-on", None, true, true),
+        ];
+        let (off, on) = sharing_changes(&config, &vms);
+        assert_eq!(off, ["a-opted-out", "b-on", "default-on"]);
+        assert_eq!(on, ["a-off"]);
+        // The default domain: VMs without one share, VMs of any named domain do not.
+        let (off, on) = sharing_changes(&MemoryConfig::default(), &vms);
+        assert_eq!(off, ["a-on", "a-opted-out", "b-on"]);
+        assert!(on.is_empty(), "{on:?}");
+    }
 
     fn vm(name: &str, allocated_mib: u64, asked_mib: u64) -> VmInput {
         VmInput {

@@ -218,3 +218,58 @@ fn the_idle_tax_gives_the_busy_vm_more() {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// Page sharing only within the host's sharing domain: KSM merges any mergeable memory, so
+/// a VM of another domain, or one that opted out, runs unmergeable.
+#[test]
+fn only_the_host_sharing_domain_is_mergeable() {
+    let env = TestEnv::get();
+    let dir = env.scratch("memory-sharing-domain");
+    let daemon = Daemon::start_with(&dir, None, &["--sharing-domain", "tenant-a"]);
+    let cmdline = GuestSpec::new(Vmm::Skiff).cmd("sleep 600").kernel_cmdline();
+    let vm = |name: &str, memory: serde_json::Value| {
+        serde_json::json!({
+            "name": name,
+            "kernel": env.kernel,
+            "initrd": env.initrd,
+            "cmdline": cmdline,
+            "memory": memory,
+        })
+    };
+    run(
+        &daemon,
+        &vm(
+            "in-a",
+            serde_json::json!({ "size": "128M", "sharing_domain": "tenant-a" }),
+        ),
+    );
+    run(
+        &daemon,
+        &vm(
+            "a-opted-out",
+            serde_json::json!({ "size": "128M", "sharing_domain": "tenant-a", "page_sharing": false }),
+        ),
+    );
+    run(&daemon, &vm("no-domain", serde_json::json!("128M")));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mergeable = loop {
+        let vms: Vec<VmInfo> = daemon.get("/vms");
+        let seen: Vec<(String, bool)> = vms
+            .iter()
+            .filter_map(|vm| Some((vm.name.clone(), vm.stats.as_ref()?.sharing.mergeable)))
+            .collect();
+        if seen.len() == 3 {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every VM reported stats: {vms:#?}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let of = |name: &str| mergeable.iter().find(|(n, _)| n == name).map(|(_, m)| *m);
+    assert_eq!(of("in-a"), Some(true), "{mergeable:?}");
+    assert_eq!(of("a-opted-out"), Some(false), "{mergeable:?}");
+    assert_eq!(of("no-domain"), Some(false), "{mergeable:?}");
+}
