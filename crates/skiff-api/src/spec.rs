@@ -455,7 +455,8 @@ mod tests {
             VmSpec::from_json(bad_domain).expect_err("slash").field(),
             Some("memory.sharing_domain")
         );
-        let no_pages = r#"{"kernel":"/k","memory":"256M","working_set":{"period_secs":30,"pages":0}}"#;
+        let no_pages =
+            r#"{"kernel":"/k","memory":"256M","working_set":{"period_secs":30,"pages":0}}"#;
         assert_eq!(
             VmSpec::from_json(no_pages).expect_err("no pages").field(),
             Some("working_set")

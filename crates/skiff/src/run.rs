@@ -43,7 +43,7 @@ pub struct RunArgs {
     /// daemon lets only VMs of one domain share pages.
     #[arg(long, value_name = "NAME")]
     sharing_domain: Option<String>,
-    /// Seconds per working-set sampling period (ESX uses 30); 0 turns sampling off [default: 0].
+    /// Seconds per working-set sampling period; 0 turns sampling off [default: 30].
     #[arg(long, value_name = "SECS")]
     sampling_period: Option<u32>,
     /// Guest pages sampled per period [default: 100].
