@@ -26,10 +26,8 @@ fn a_jailed_vmm_sees_only_its_jail_and_holds_no_privilege() {
     let env = TestEnv::get();
     let jail = env.scratch("jail-root");
     let disk_dir = env.scratch("jail-disk");
-    std::fs::create_dir_all(&disk_dir).expect("disk dir");
-    std::fs::write(disk_dir.join("hello"), "from the host\n").expect("disk file");
     let image = env.scratch("jail.img");
-    make_ext4(&env.mke2fs, &disk_dir, &image, 8).expect("disk image");
+    disk_with_hello(&disk_dir, &image);
     std::os::unix::fs::chown(&image, Some(JAIL_ID), Some(JAIL_ID)).expect("chown image");
     let socket = env.scratch("jail.sock");
     let ids = JAIL_ID.to_string();
@@ -154,10 +152,8 @@ fn the_daemon_jails_its_vmms_and_gives_them_their_disks() {
     let env = TestEnv::get();
     let dir = env.scratch("jail-daemon");
     let disk_dir = dir.join("disk-files");
-    std::fs::create_dir_all(&disk_dir).expect("disk dir");
-    std::fs::write(disk_dir.join("hello"), "from the host\n").expect("disk file");
     let image = dir.join("data.img");
-    make_ext4(&env.mke2fs, &disk_dir, &image, 8).expect("disk image");
+    disk_with_hello(&disk_dir, &image);
     let daemon = Daemon::start_with(&dir.join("jailed"), None, &[]);
     let spec = |name: &str, kernel: &Path, disks: serde_json::Value| {
         serde_json::json!({
@@ -328,4 +324,11 @@ fn bench_daemon_start_and_stop_jailed_and_unjailed() {
             jailed.as_secs_f64() / unjailed.as_secs_f64()
         );
     }
+}
+
+/// An 8 MiB ext4 image at `image` holding one file, `hello`, built from `files`.
+fn disk_with_hello(files: &Path, image: &Path) {
+    std::fs::create_dir_all(files).expect("disk dir");
+    std::fs::write(files.join("hello"), "from the host\n").expect("disk file");
+    make_ext4(&TestEnv::get().mke2fs, files, image, 8).expect("disk image");
 }
