@@ -90,8 +90,12 @@ pub fn resolve(name: &str, version: Option<&str>) -> Result<DebPackage> {
             show(&spec).with_context(|| format!("Debian package `{spec}` is unknown to apt"))?
         }
     };
+    parse_record(name, &spec, &record)
+}
+
+fn parse_record(name: &str, spec: &str, record: &str) -> Result<DebPackage> {
     let field = |key: &str| {
-        field(&record, key).with_context(|| format!("apt-cache show {spec}: no {key} field"))
+        field(record, key).with_context(|| format!("apt-cache show {spec}: no {key} field"))
     };
     Ok(DebPackage {
         name: name.to_owned(),
@@ -99,6 +103,80 @@ pub fn resolve(name: &str, version: Option<&str>) -> Result<DebPackage> {
         sha256: field("SHA256")?,
         size: field("Size")?.parse().context("bad Size field")?,
     })
+}
+
+/// apt with its own source list and package lists in Skiff's cache, for packages the
+/// system's sources lack (a backport), without touching the system's apt configuration.
+pub struct PrivateApt {
+    dir: PathBuf,
+    options: Vec<String>,
+}
+
+impl PrivateApt {
+    /// A configuration under `dir` with the single source line `source`.
+    pub fn new(dir: &Path, source: &str) -> Result<Self> {
+        for sub in ["lists/partial", "cache/archives/partial", "parts"] {
+            paths::create_dir(&dir.join(sub))?;
+        }
+        let list = dir.join("sources.list");
+        if std::fs::read_to_string(&list).ok().as_deref() != Some(source) {
+            paths::write_atomic(&list, source.as_bytes())?;
+        }
+        let option = |key: &str, path: &str| format!("-o{key}={}", dir.join(path).display());
+        Ok(PrivateApt {
+            dir: dir.to_path_buf(),
+            options: vec![
+                option("Dir::Etc::SourceList", "sources.list"),
+                option("Dir::Etc::SourceParts", "parts"),
+                option("Dir::State::Lists", "lists"),
+                option("Dir::Cache", "cache"),
+                "-oAPT::Sandbox::User=root".to_owned(),
+            ],
+        })
+    }
+
+    /// Refreshes this configuration's package lists.
+    pub fn update(&self) -> Result<()> {
+        eprintln!("updating apt's lists for {}", self.dir.display());
+        cmd::run(
+            Command::new("apt-get")
+                .args(&self.options)
+                .args(["update", "-q"]),
+        )
+        .context("`apt-get update` failed: Debian's package archive may be unreachable")
+    }
+
+    /// The candidate version of `name` in this configuration's lists (updating them once
+    /// if they do not know it: a record without SHA256 is dpkg's, of an installed version).
+    pub fn resolve(&self, name: &str) -> Result<DebPackage> {
+        let show = || {
+            let record = cmd::output(Command::new("apt-cache").args(&self.options).args([
+                "show",
+                "--no-all-versions",
+                name,
+            ]))?;
+            parse_record(name, name, &record)
+        };
+        match show() {
+            Ok(package) => Ok(package),
+            Err(_) => {
+                self.update()?;
+                show().with_context(|| format!("no Debian package `{name}` in {}", self.source()))
+            }
+        }
+    }
+
+    fn source(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sources.list"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// Returns the verified `.deb` of `pkg` in `dir` (see [`fetch`]).
+    pub fn fetch(&self, pkg: &DebPackage, dir: &Path) -> Result<PathBuf> {
+        fetch_with(pkg, dir, &self.options)
+    }
 }
 
 /// Resolves a meta-package (e.g. `linux-image-cloud-amd64`) to the concrete package it
@@ -190,6 +268,10 @@ pub fn resolve_and_fetch(
 /// Returns the verified `.deb` of `pkg` in `dir`, downloading it unless a good copy is
 /// cached. A cached copy whose SHA256 does not match is reported and fetched again.
 pub fn fetch(pkg: &DebPackage, dir: &Path) -> Result<PathBuf> {
+    fetch_with(pkg, dir, &[])
+}
+
+fn fetch_with(pkg: &DebPackage, dir: &Path, apt_options: &[String]) -> Result<PathBuf> {
     paths::create_dir(dir)?;
     let path = dir.join(pkg.file_name());
     if path.exists() {
@@ -201,7 +283,7 @@ pub fn fetch(pkg: &DebPackage, dir: &Path) -> Result<PathBuf> {
             }
         }
     }
-    download(pkg, dir, &path).with_context(|| {
+    download(pkg, dir, &path, apt_options).with_context(|| {
         format!(
             "could not fetch Debian package {} {} (apt-get download failed; is Debian's archive reachable?)",
             pkg.name, pkg.version
@@ -211,7 +293,8 @@ pub fn fetch(pkg: &DebPackage, dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn download(pkg: &DebPackage, dir: &Path, dest: &Path) -> Result<()> {
+/// Fetches `pkg` with `apt-get download` (plus `apt_options`, e.g. a private source list).
+fn download(pkg: &DebPackage, dir: &Path, dest: &Path, apt_options: &[String]) -> Result<()> {
     let partial = dir.join(format!(".partial-{}", std::process::id()));
     paths::remove(&partial)?;
     paths::create_dir(&partial)?;
@@ -223,7 +306,9 @@ fn download(pkg: &DebPackage, dir: &Path, dest: &Path) -> Result<()> {
     );
     let started = Instant::now();
     let mut command = Command::new("apt-get");
-    command.args(["download", "-o", "APT::Sandbox::User=root"]);
+    command
+        .args(apt_options)
+        .args(["download", "-o", "APT::Sandbox::User=root"]);
     if !std::io::stdout().is_terminal() {
         // apt's progress bar is for terminals; in logs, one line per file is enough.
         command.arg("-q");

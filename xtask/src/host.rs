@@ -19,7 +19,7 @@ use crate::console::{Console, Event};
 use crate::hostfs::TempFile;
 pub use crate::hostfs::{layout, Payload};
 use crate::process::Guarded;
-use crate::{apt, assets, cmd, hostfs};
+use crate::{apt, assets, hostfs, outer_qemu};
 
 /// The host kernel's command line: serial console, only emergencies on it (KVM's
 /// rate-limited complaints about guest MSR writes would land amid test output), and
@@ -29,7 +29,8 @@ const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 mitigations=off t
 
 /// The emulated machine: TCG on both host cores, `-cpu max` for SVM with nested paging.
 /// qboot is faster than SeaBIOS and prints nothing. (`-M microvm` boots faster still but
-/// hung before any output in 2 of 4 boots.)
+/// hung before any output in 2 of 4 boots, with QEMU 7.2.) No audio: probing for it loads
+/// modules, and those of the system's older QEMU abort a fetched one.
 #[rustfmt::skip]
 const QEMU_ARGS: &[&str] = &[
     "-accel", "tcg,thread=multi",
@@ -40,6 +41,7 @@ const QEMU_ARGS: &[&str] = &[
     "-nic", "none",
     "-nographic",
     "-no-reboot",
+    "-audio", "none",
 ];
 
 #[derive(clap::Args)]
@@ -96,9 +98,12 @@ pub struct BootOptions {
 }
 
 fn qemu_command(assets: &Assets, initrd: &Path, memory: &str) -> Result<Command> {
-    let qemu = cmd::require("qemu-system-x86_64", "qemu-system-x86")?;
+    let qemu = outer_qemu::get()?;
     let cmdline = std::env::var("SKIFF_HOST_CMDLINE").unwrap_or_else(|_| CMDLINE.to_owned());
-    let mut command = Command::new(qemu);
+    let mut command = Command::new(&qemu.binary);
+    if let Some(datadir) = &qemu.datadir {
+        command.arg("-L").arg(datadir);
+    }
     command
         .args(QEMU_ARGS)
         .args(["-m", memory])

@@ -26,6 +26,7 @@ mod kernel;
 mod ldd;
 mod mode;
 mod modules;
+mod outer_qemu;
 mod paths;
 mod process;
 mod rootfs;

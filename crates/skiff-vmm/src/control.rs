@@ -64,13 +64,23 @@ fn serve_client(stream: UnixStream, vm: &VmHandle) -> std::io::Result<()> {
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
-        let response = match ControlRequest::from_line(&line) {
+        let request = ControlRequest::from_line(&line);
+        // A stop ends the process: answer first, or the client may read nothing.
+        let stop = matches!(request, Ok(ControlRequest::Stop));
+        let response = match request {
+            Ok(ControlRequest::Stop) => ControlResponse::ok(),
             Ok(request) => handle(request, vm),
             Err(e) => ControlResponse::error(format!("bad request: {e}")),
         };
         let mut text = serde_json::to_string(&response).map_err(std::io::Error::other)?;
         text.push('\n');
-        writer.write_all(text.as_bytes())?;
+        let written = writer
+            .write_all(text.as_bytes())
+            .and_then(|()| writer.flush());
+        if stop {
+            vm.stop(VmExit::Stopped);
+        }
+        written?;
         reader.set_limit(MAX_REQUEST as u64);
     }
 }

@@ -325,7 +325,8 @@ impl Vm {
     }
 
     /// The command line, console and stderr, for error messages.
-    fn context(&self) -> String {
+    /// The command, the console and the VMM's stderr so far, for a failure message.
+    pub fn context(&self) -> String {
         format!(
             "command: {}\n----- guest console -----\n{}\n----- VMM stderr -----\n{}\n-------------------------",
             self.command,

@@ -173,6 +173,12 @@ impl Vcpu {
     /// Logs where the guest was when it stopped abnormally: what a bug report needs.
     fn log_state(&self, what: &str) {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
+            // KVM on AMD resets a vCPU after a shutdown intercept (the VMCB is undefined
+            // then): its registers are the reset vector's, not the fault's.
+            (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => log::error!(
+                "vCPU {} {what}; KVM reset the vCPU, so its state at the fault is lost",
+                self.id
+            ),
             (Ok(r), Ok(s)) => log::error!(
                 "vCPU {} {what} at rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} \
                  cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}+{:#x}",

@@ -21,11 +21,11 @@ fn json_u64(text: &str, key: &str) -> Option<u64> {
 }
 
 /// Polls the balloon's `actual` until `done(actual)` or `timeout`; returns the time taken.
-fn wait_actual(socket: &Path, timeout: Duration, done: impl Fn(u64) -> bool) -> Duration {
+fn wait_actual(vm: &Vm, socket: &Path, timeout: Duration, done: impl Fn(u64) -> bool) -> Duration {
     let start = Instant::now();
     loop {
         let (ok, stats) = ctl(socket, &["stats"]);
-        assert!(ok, "{stats}");
+        assert!(ok, "{stats}\n{}", vm.context());
         if json_u64(&stats, "actual_bytes").is_some_and(&done) {
             return start.elapsed();
         }
@@ -121,7 +121,7 @@ fn free_page_reporting_inflate_deflate_and_stats() {
     // 3. Inflate to 256 MiB: the guest's available memory falls, the VMM stays small.
     let (ok, text) = ctl(&socket, &["balloon", "256"]);
     assert!(ok, "{text}");
-    let inflate = wait_actual(&socket, Duration::from_secs(120), |a| a == 256 * MIB);
+    let inflate = wait_actual(&vm, &socket, Duration::from_secs(120), |a| a == 256 * MIB);
     eprintln!(
         "inflate 256 MiB: {inflate:?} ({:.0} MiB/s)",
         256.0 / inflate.as_secs_f64()
@@ -144,7 +144,7 @@ fn free_page_reporting_inflate_deflate_and_stats() {
     // 4. Deflate: the guest has its memory again.
     let (ok, text) = ctl(&socket, &["balloon", "0"]);
     assert!(ok, "{text}");
-    let deflate = wait_actual(&socket, Duration::from_secs(120), |a| a == 0);
+    let deflate = wait_actual(&vm, &socket, Duration::from_secs(120), |a| a == 0);
     eprintln!("deflate 256 MiB: {deflate:?}");
     vm.send_line("go").expect("console");
     vm.wait_for("P-TOUCHED-AGAIN", Duration::from_secs(120))

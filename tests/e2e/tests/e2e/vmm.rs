@@ -143,14 +143,20 @@ fn control_socket_pauses_and_resumes_the_guest() {
     vm.wait_for("tick 3", Duration::from_secs(120))
         .expect("ticks");
     let ctl = |action: &str| {
-        Command::new(&env.skiff_bin)
+        let out = Command::new(&env.skiff_bin)
             .args(["ctl", "--socket"])
             .arg(&socket)
             .arg(action)
             .output()
-            .expect("skiff ctl runs")
+            .expect("skiff ctl runs");
+        assert!(
+            out.status.success(),
+            "skiff ctl {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     };
-    assert!(ctl("pause").status.success());
+    ctl("pause");
     let stats = String::from_utf8_lossy(&ctl("stats").stdout).into_owned();
     assert!(stats.contains(r#""state": "paused""#), "{stats}");
     let ticks_at_pause = vm.console().matches("tick").count();
@@ -161,11 +167,11 @@ fn control_socket_pauses_and_resumes_the_guest() {
         ticks_after <= ticks_at_pause + 1,
         "{ticks_at_pause} -> {ticks_after}"
     );
-    assert!(ctl("resume").status.success());
+    ctl("resume");
     let next = format!("tick {}", ticks_after + 3);
     vm.wait_for(&next, Duration::from_secs(30))
         .expect("ticks again after resume");
-    assert!(ctl("stop").status.success());
+    ctl("stop");
     let out = vm.wait(Duration::from_secs(20)).expect("stops");
     assert_eq!(out.vmm_status.code(), Some(0), "{out}");
 }
