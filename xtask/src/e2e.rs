@@ -100,6 +100,7 @@ pub fn emulated_env() -> Vec<(&'static str, String)> {
         ("SKIFF_QEMU_DATADIR", layout::QEMU_DATADIR.into()),
         ("SKIFF_MKE2FS", layout::MKE2FS.into()),
         ("SKIFF_E2E_TMP", layout::TMP.into()),
+        ("SKIFF_E2E_EMULATED", "1".into()),
     ]
 }
 

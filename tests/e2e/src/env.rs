@@ -33,6 +33,9 @@ pub struct TestEnv {
     /// `SKIFF_E2E_JAIL=UID:GID` (optional): every `skiff run` of the tests is jailed
     /// (`--jail DIR --uid UID --gid GID`, a fresh DIR each), its disk images given to UID.
     pub jail: Option<(u32, u32)>,
+    /// `SKIFF_E2E_EMULATED=1`: the tests run inside the emulated AMD-V host (QEMU's TCG),
+    /// whose nested virtualization now and then kills a guest with a triple fault.
+    pub emulated: bool,
 }
 
 static ENV: OnceLock<Result<TestEnv, Error>> = OnceLock::new();
@@ -77,6 +80,7 @@ impl TestEnv {
                     .map(str::to_owned)
                     .collect(),
                 jail: jail_ids()?,
+                emulated: std::env::var("SKIFF_E2E_EMULATED").is_ok_and(|v| v == "1"),
             };
             std::fs::create_dir_all(&env.tmp)
                 .map_err(|e| Error::io(format!("cannot create {}", env.tmp.display()), e))?;

@@ -41,6 +41,11 @@ fn is_kernel_log(line: &str) -> bool {
 }
 
 impl RunOutput {
+    /// Whether the VMM ended because the guest triple-faulted (its one-line reason).
+    pub fn triple_fault(&self) -> bool {
+        self.vmm_stderr.contains("guest crashed: triple fault")
+    }
+
     /// The guest command's output: console lines after `SKIFF-INIT-READY` and before
     /// `SKIFF-GUEST-EXIT`, without kernel log lines.
     pub fn command_output(&self) -> String {
