@@ -141,10 +141,8 @@ impl Vm {
             },
         )?;
         let sampling = config.working_set.period_secs > 0;
-        // Logging from the start when sampling: KVM then maps guest RAM with 4 KiB pages
-        // only. Turning it on after boot kept 2 MiB nested mappings, and with those the
-        // emulated test host hung or crashed again and again (docs/memory.md).
-        let slots = GuestSlots::register(vm_fd.clone(), &ram, sampling)?;
+        // Without logging: the sampler turns it on once the guest has booted.
+        let slots = GuestSlots::register(vm_fd.clone(), &ram, false)?;
         if sampling && !slots.can_log() {
             log::warn!("this KVM cannot sample the working set (no manual dirty log protection)");
         }

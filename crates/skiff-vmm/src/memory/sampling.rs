@@ -53,9 +53,9 @@ struct State {
 }
 
 impl WorkingSet {
-    /// Sampling over `slots` (guest RAM of `total_pages` pages). Dirty logging must already
-    /// be on in `slots` if `spec` samples; a request that changes the settings turns it on
-    /// (or off).
+    /// Sampling over `slots` (guest RAM of `total_pages` pages). The sampler turns dirty
+    /// logging on itself, one period after it starts (see [`WorkingSet::run`]); a request
+    /// that changes the settings turns it on (or off) at once.
     pub fn new(slots: Arc<GuestSlots>, total_pages: u64, spec: WorkingSetSpec) -> Arc<Self> {
         Arc::new(WorkingSet {
             slots,
@@ -148,9 +148,27 @@ impl WorkingSet {
         pages
     }
 
+    /// The sampling loop. Dirty logging is turned on only after one period without it:
+    /// KVM maps a logged slot with 4 KiB pages only, and a booting guest touches most of
+    /// its memory for the first time, so logging from the start made every first touch a
+    /// 4 KiB nested fault (boots took about a second longer in the emulated host). Memory
+    /// the guest has touched by then keeps its 2 MiB mappings; KVM splits only the blocks
+    /// whose pages are sampled.
     fn run(&self, mut rng: SmallRng) {
+        let mut warming_up = true;
         loop {
             let (spec, generation) = self.wait_for_work();
+            if warming_up && !self.slots.logging() {
+                if !self.sleep_unless_changed(generation, period(spec)) {
+                    continue;
+                }
+                warming_up = false;
+                if let Err(e) = self.slots.set_logging(true) {
+                    log::warn!("working-set sampling: {e}");
+                    self.sleep_unless_changed(generation, period(spec));
+                    continue;
+                }
+            }
             let pages = choose_pages(&mut rng, self.total_pages, spec.pages);
             if let Err(e) = self.slots.protect(&pages) {
                 log::warn!("working-set sampling: {e}");

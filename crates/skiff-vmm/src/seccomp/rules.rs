@@ -141,12 +141,18 @@ fn signals(r: &mut Rules) {
 }
 
 /// Working-set sampling: each period, clear and write-protect the sampled pages' dirty
-/// bits, then read which were written (its random generator is seeded before it starts).
+/// bits, then read which were written (its random generator is seeded before it starts);
+/// once, turn dirty logging on.
 fn sampler(r: &mut Rules) -> Result<()> {
     r.allow_args(
         libc::SYS_ioctl,
         1,
-        &[ioctls::KVM_CLEAR_DIRTY_LOG(), ioctls::KVM_GET_DIRTY_LOG()],
+        &[
+            ioctls::KVM_CLEAR_DIRTY_LOG(),
+            ioctls::KVM_GET_DIRTY_LOG(),
+            // Turning dirty logging on once the guest has booted (a memory slot flag).
+            ioctls::KVM_SET_USER_MEMORY_REGION(),
+        ],
     )?;
     Ok(())
 }
