@@ -324,7 +324,6 @@ impl Vm {
         }
     }
 
-    /// The command line, console and stderr, for error messages.
     /// The command, the console and the VMM's stderr so far, for a failure message.
     pub fn context(&self) -> String {
         format!(

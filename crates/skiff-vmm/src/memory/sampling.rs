@@ -151,7 +151,8 @@ impl WorkingSet {
     /// The sampling loop. Dirty logging is turned on only after one period without it:
     /// KVM maps a logged slot with 4 KiB pages only, and a booting guest touches most of
     /// its memory for the first time, so logging from the start made every first touch a
-    /// 4 KiB nested fault (boots took about a second longer in the emulated host). Memory
+    /// 4 KiB nested fault (boots took about a second longer in the emulated test host, and
+    /// guests there died of triple faults far more often; docs/memory.md). Memory
     /// the guest has touched by then keeps its 2 MiB mappings; KVM splits only the blocks
     /// whose pages are sampled.
     fn run(&self, mut rng: SmallRng) {
