@@ -91,6 +91,19 @@ pub fn main(args: HostArgs) -> Result<ExitCode> {
     Ok(crate::exit_code(status))
 }
 
+/// The emulated host ended before its command did: its kernel panicked (the emulated
+/// AMD-V of QEMU's TCG now and then crashes it, docs/testing.md) or QEMU itself died.
+#[derive(Debug)]
+pub struct HostDied(pub String);
+
+impl std::fmt::Display for HostDied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HostDied {}
+
 pub struct BootOptions {
     pub memory: String,
     pub timeout: Option<Duration>,
@@ -204,7 +217,10 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = qemu.child().wait()?;
                 console.finish();
-                anyhow::bail!("QEMU exited ({status}) before the host command finished");
+                return Err(HostDied(format!(
+                    "QEMU exited ({status}) before the host command finished"
+                ))
+                .into());
             }
         }
     }

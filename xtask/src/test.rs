@@ -7,6 +7,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result};
 
 use crate::e2e::{self, E2eArgs};
+use crate::host::HostDied;
 use crate::{apt, fuzz, paths, ModeOpt};
 
 /// Seconds each fuzz target runs in `cargo xtask test` (docs/fuzzing.md has longer runs).
@@ -41,7 +42,7 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
     if !fuzzed {
         eprintln!("error: a fuzz target failed; running the e2e suite anyway");
     }
-    let e2e_status = e2e::run(&E2eArgs {
+    let e2e_args = E2eArgs {
         filter: args.filter,
         mode: args.mode,
         memory: "8G".into(),
@@ -49,7 +50,17 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
         // suite has taken longer than 30 minutes.
         timeout: 3000,
         test_args: Vec::new(),
-    })?;
+    };
+    let e2e_status = match e2e::run(&e2e_args) {
+        // The emulated host's kernel crashed under the suite (not a test failing): once,
+        // the suite runs again in a fresh host, so that its summary line still ends the
+        // output. A second crash is an error.
+        Err(e) if e.downcast_ref::<HostDied>().is_some() => {
+            eprintln!("error: the emulated host died during the e2e suite ({e}); running the suite once more in a fresh one");
+            e2e::run(&e2e_args)?
+        }
+        other => other?,
+    };
     Ok(if unit && fuzzed && e2e_status == 0 {
         ExitCode::SUCCESS
     } else {
