@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+use crate::test_report::TestReport;
+
 /// How the host's console output is shown.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -31,6 +33,7 @@ pub struct Console {
     stream: Stream,
     summary: Option<String>,
     held: Vec<String>,
+    report: TestReport,
     out: std::io::Stdout,
 }
 
@@ -42,6 +45,7 @@ impl Console {
             stream,
             summary: None,
             held: Vec::new(),
+            report: TestReport::default(),
             out: std::io::stdout(),
         }
     }
@@ -63,7 +67,13 @@ impl Console {
         Event::Line
     }
 
+    /// What the test output so far says (meaningful for `EndWithTestSummary`).
+    pub fn report(&self) -> &TestReport {
+        &self.report
+    }
+
     fn show(&mut self, line: String) {
+        self.report.feed(&line);
         let summary = self.stream == Stream::EndWithTestSummary && line.starts_with("test result:");
         if summary {
             self.summary = Some(line.clone());

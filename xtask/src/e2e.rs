@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::assets::{self, Assets};
-use crate::host::{self, layout, BootOptions, Payload, Stream};
+use crate::host::{self, layout, BootOptions, Finished, Payload, Stream};
 use crate::mode::Mode;
 use crate::{apt, cmd, paths, ModeOpt};
 
@@ -21,7 +21,7 @@ const TEST_TARGET: &str = "e2e";
 /// The test executable's name inside the emulated host.
 pub const TEST_EXE: &str = "skiff-e2e-tests";
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct E2eArgs {
     /// Run only tests whose name contains FILTER (libtest's filter).
     pub filter: Option<String>,
@@ -40,11 +40,12 @@ pub struct E2eArgs {
 
 pub fn main(args: E2eArgs) -> Result<ExitCode> {
     apt::ensure_installed(apt::HOST_PACKAGES)?;
-    Ok(crate::exit_code(run(&args)?))
+    Ok(crate::exit_code(run(&args)?.status))
 }
 
-/// Builds and runs the e2e suite; returns the test executable's exit status.
-pub fn run(args: &E2eArgs) -> Result<i32> {
+/// Builds and runs the e2e suite; returns how the test executable ended (the failed
+/// tests are known in the emulated host only, where its output passes through xtask).
+pub fn run(args: &E2eArgs) -> Result<Finished> {
     let mode = args.mode.mode.resolve()?;
     let assets = assets::prepare()?;
     let binaries = skiff_binaries(true)?;
@@ -52,7 +53,10 @@ pub fn run(args: &E2eArgs) -> Result<i32> {
     let mut test_args: Vec<String> = args.filter.iter().cloned().collect();
     test_args.extend(args.test_args.iter().cloned());
     match mode {
-        Mode::Direct => run_direct(&assets, &tests, &test_args),
+        Mode::Direct => Ok(Finished {
+            status: run_direct(&assets, &tests, &test_args)?,
+            failed: Vec::new(),
+        }),
         Mode::Emulated => {
             let mut payload = Payload::default();
             payload.add_release_binaries(&binaries)?;
@@ -302,7 +306,7 @@ pub fn run_harness_bin(
                 timeout: Some(timeout),
                 stream: Stream::Plain,
             };
-            host::boot(&assets, &payload, &options)
+            Ok(host::boot(&assets, &payload, &options)?.status)
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::console::{Console, Event};
 use crate::hostfs::TempFile;
 pub use crate::hostfs::{layout, Payload};
 use crate::process::Guarded;
+use crate::test_report::FailedTest;
 use crate::{apt, assets, hostfs, outer_qemu};
 
 /// The host kernel's command line: serial console, only emergencies on it (KVM's
@@ -87,7 +88,7 @@ pub fn main(args: HostArgs) -> Result<ExitCode> {
         return interactive(&assets, &payload, &options);
     }
     payload.command = Some(args.cmd);
-    let status = boot(&assets, &payload, &options)?;
+    let status = boot(&assets, &payload, &options)?.status;
     Ok(crate::exit_code(status))
 }
 
@@ -150,9 +151,16 @@ fn interactive(assets: &Assets, payload: &Payload, options: &BootOptions) -> Res
     }
 }
 
+/// How the host's command ended.
+pub struct Finished {
+    pub status: i32,
+    /// The failed tests, when the command was a libtest executable.
+    pub failed: Vec<FailedTest>,
+}
+
 /// Boots the host, runs `payload.command` in it, streams its console and returns the
 /// command's exit status. On timeout QEMU is killed and an error returned.
-pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result<i32> {
+pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result<Finished> {
     let marker = format!(
         "SKIFF-HOST-EXIT-{:x}{:x}",
         std::process::id(),
@@ -201,7 +209,10 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                         }
                         std::thread::sleep(Duration::from_millis(20));
                     }
-                    return Ok(status);
+                    return Ok(Finished {
+                        status,
+                        failed: console.report().failed().to_vec(),
+                    });
                 }
             },
             Err(mpsc::RecvTimeoutError::Timeout) => {

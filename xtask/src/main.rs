@@ -31,6 +31,7 @@ mod paths;
 mod process;
 mod rootfs;
 mod test;
+mod test_report;
 mod vmlinux;
 
 use std::process::ExitCode;

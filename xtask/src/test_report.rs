@@ -1,0 +1,145 @@
+//! Reads libtest's output as it streams by: which tests failed, and whether a failed
+//! test's captured output shows a guest killed by a triple fault (what the emulated
+//! host's nested virtualization now and then does; docs/testing.md).
+
+/// What a Skiff VMM prints when its guest died of a triple fault.
+const TRIPLE_FAULT: &str = "guest crashed: triple fault";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedTest {
+    pub name: String,
+    /// Its captured output shows a guest that died of a triple fault.
+    pub triple_fault: bool,
+}
+
+#[derive(Default)]
+pub struct TestReport {
+    failed: Vec<FailedTest>,
+    /// The test whose captured output (`---- NAME stdout ----`) is being read.
+    section: Option<String>,
+    /// Reading a `failures:` list of names (which also catches a FAILED result that
+    /// console noise split from its `test NAME ...` line).
+    in_list: bool,
+}
+
+impl TestReport {
+    pub fn feed(&mut self, line: &str) {
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+        {
+            self.failed_test(name);
+        } else if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|rest| rest.strip_suffix(" stdout ----"))
+        {
+            self.section = Some(name.to_owned());
+            self.in_list = false;
+        } else if line == "failures:" {
+            self.section = None;
+            self.in_list = true;
+        } else if line.starts_with("test result:") {
+            self.section = None;
+            self.in_list = false;
+        } else if let Some(name) = self.listed_name(line) {
+            self.failed_test(name);
+        } else if line.contains(TRIPLE_FAULT) {
+            if let Some(name) = self.section.clone() {
+                self.failed_test(&name).triple_fault = true;
+            }
+        }
+    }
+
+    fn listed_name<'a>(&self, line: &'a str) -> Option<&'a str> {
+        let name = line.strip_prefix("    ")?;
+        (self.in_list && !name.is_empty() && !name.contains(char::is_whitespace)).then_some(name)
+    }
+
+    fn failed_test(&mut self, name: &str) -> &mut FailedTest {
+        let at = match self.failed.iter().position(|t| t.name == name) {
+            Some(at) => at,
+            None => {
+                self.failed.push(FailedTest {
+                    name: name.to_owned(),
+                    triple_fault: false,
+                });
+                self.failed.len() - 1
+            }
+        };
+        &mut self.failed[at]
+    }
+
+    pub fn failed(&self) -> &[FailedTest] {
+        &self.failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(lines: &str) -> Vec<FailedTest> {
+        let mut report = TestReport::default();
+        for line in lines.lines() {
+            report.feed(line);
+        }
+        report.failed().to_vec()
+    }
+
+    #[test]
+    fn finds_failed_tests_and_the_triple_faults_in_their_output() {
+        let failed = report(
+            "test vmm::boots ... ok\n\
+             test memory_manager::idle_tax ... FAILED\n\
+             test net::ping ... [ 812.5] random: crng reseeded\n\
+             FAILED\n\
+             test vmm::ignored_one ... ignored, slow\n\
+             \n\
+             failures:\n\
+             \n\
+             ---- memory_manager::idle_tax stdout ----\n\
+             skiff: info: busy: Failed: exit status 4 (VM crashed); VMM said: skiff: guest crashed: triple fault on vCPU 0\n\
+             ---- net::ping stdout ----\n\
+             assertion failed: replies == 3\n\
+             \n\
+             failures:\n\
+             \x20   memory_manager::idle_tax\n\
+             \x20   net::ping\n\
+             \n\
+             test result: FAILED. 1 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out",
+        );
+        assert_eq!(
+            failed,
+            [
+                FailedTest {
+                    name: "memory_manager::idle_tax".into(),
+                    triple_fault: true
+                },
+                FailedTest {
+                    name: "net::ping".into(),
+                    triple_fault: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_triple_fault_outside_a_failed_tests_output_counts_for_none() {
+        let failed = report(
+            "skiff: guest crashed: triple fault on vCPU 1\n\
+             test vmm::boots ... FAILED\n\
+             failures:\n\
+             ---- vmm::boots stdout ----\n\
+             timed out\n\
+             failures:\n\
+             skiff: guest crashed: triple fault on vCPU 0",
+        );
+        assert_eq!(
+            failed,
+            [FailedTest {
+                name: "vmm::boots".into(),
+                triple_fault: false
+            }]
+        );
+    }
+}
