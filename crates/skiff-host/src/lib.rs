@@ -8,6 +8,7 @@ mod cgroups;
 pub mod client;
 pub mod error;
 pub mod jail;
+pub mod log_rotation;
 pub mod memory;
 pub mod metrics;
 pub mod model;

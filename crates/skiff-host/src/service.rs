@@ -44,6 +44,8 @@ pub struct HostConfig {
     pub memory: crate::memory::MemoryConfig,
     /// Jail every VMM (the default of `skiff host`); `None` with `--no-jail`.
     pub jail: Option<JailConfig>,
+    /// A VM's console log and VMM log are rotated past this size (`log_rotation`).
+    pub log_max_bytes: u64,
 }
 
 /// The host: every VM and what the daemon knows of it.
@@ -266,7 +268,7 @@ impl Host {
     /// The tail of the guest's serial console.
     pub fn console_log(&self, name: &str, max_bytes: u64) -> Result<String, HostError> {
         let path = self.with_vm(name, |e| Ok(e.paths.console_log()))?;
-        match vmm::read_tail(&path, max_bytes) {
+        match crate::log_rotation::read_tail(&path, max_bytes) {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
             Err(e) => Err(HostError::Store(crate::store::StoreError::Io {
@@ -297,6 +299,16 @@ impl Host {
 
     /// Every VM with a VMM, and the client of its control socket: for the periodic
     /// sampling (and the memory manager).
+    /// Every VM's console log and VMM log, with the VM's name.
+    pub fn log_files(&self) -> Vec<(String, PathBuf)> {
+        lock(&self.inner.vms)
+            .iter()
+            .flat_map(|(name, e)| {
+                [e.paths.console_log(), e.paths.vmm_log()].map(|path| (name.clone(), path))
+            })
+            .collect()
+    }
+
     pub fn running_vmms(&self) -> Vec<(String, VmmClient)> {
         lock(&self.inner.vms)
             .iter()

@@ -210,23 +210,12 @@ fn make_fifo(path: &Path) -> io::Result<()> {
 
 /// The last non-empty line of the VMM's stderr log: usually why it ended.
 pub fn last_log_line(path: &Path) -> Option<String> {
-    let text = read_tail(path, 4096).ok()?;
+    let text = crate::log_rotation::read_tail(path, 4096).ok()?;
     text.lines()
         .rev()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(str::to_string)
-}
-
-/// The last `max` bytes of a file (lossily decoded).
-pub fn read_tail(path: &Path, max: u64) -> io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
-    let mut bytes = Vec::new();
-    file.take(max).read_to_end(&mut bytes)?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `skiff run --status-file`'s content: the exit status the VMM reported.
@@ -248,7 +237,10 @@ mod tests {
             Some("skiff: guest kernel panicked")
         );
         assert_eq!(last_log_line(&dir.path().join("none")), None);
-        assert_eq!(read_tail(&log, 7).expect("tail"), "icked\n\n");
+        assert_eq!(
+            crate::log_rotation::read_tail(&log, 7).expect("tail"),
+            "icked\n\n"
+        );
         let status = dir.path().join("exit-status");
         assert_eq!(read_status_file(&status), None);
         std::fs::write(&status, "3\n").expect("write");

@@ -49,6 +49,7 @@ async fn daemon_with(
         start_timeout: Duration::from_millis(500),
         memory: skiff_host::memory::MemoryConfig::default(),
         jail,
+        log_max_bytes: skiff_host::log_rotation::DEFAULT_MAX_BYTES,
     };
     let host = Host::open(config).await.expect("host");
     let socket = dir.path().join("api.sock");

@@ -90,6 +90,7 @@ async fn daemon() -> (Host, tempfile::TempDir, String) {
             ..MemoryConfig::default()
         },
         jail: None,
+        log_max_bytes: skiff_host::log_rotation::DEFAULT_MAX_BYTES,
     })
     .await
     .expect("host");

@@ -53,7 +53,16 @@ fn follow(mut log: File, done: &AtomicBool) {
     let mut buf = [0u8; 4096];
     while !done.load(Ordering::Relaxed) {
         match log.read(&mut buf) {
-            Ok(0) => thread::sleep(FOLLOW_POLL),
+            Ok(0) => {
+                // The daemon rotated the log (it truncates it in place): start over.
+                if let (Ok(meta), Ok(at)) = (log.metadata(), log.stream_position()) {
+                    if meta.len() < at {
+                        let _ = log.seek(SeekFrom::Start(0));
+                        continue;
+                    }
+                }
+                thread::sleep(FOLLOW_POLL)
+            }
             Ok(n) => {
                 let _ = stdout.write_all(&buf[..n]);
                 let _ = stdout.flush();

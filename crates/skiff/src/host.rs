@@ -59,6 +59,10 @@ struct DaemonArgs {
     /// Seconds a stop waits for a VM to end before killing its VMM.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     stop_timeout: u64,
+    /// Rotate a VM's console log and VMM log past this size (the older part goes to
+    /// `<log>.1`), e.g. 64M [default: 16M].
+    #[arg(long, value_name = "SIZE")]
+    log_max: Option<ByteSize>,
     /// Host memory the VMs may use altogether, e.g. 2G [default: 90 % of the host's].
     #[arg(long, value_name = "SIZE")]
     memory_budget: Option<ByteSize>,
@@ -204,6 +208,10 @@ fn serve(args: DaemonArgs) -> Result<u8> {
         start_timeout: Duration::from_secs(60),
         memory,
         jail,
+        log_max_bytes: args
+            .log_max
+            .map_or(skiff_host::log_rotation::DEFAULT_MAX_BYTES, ByteSize::bytes)
+            .max(1),
     };
     let options = ServeOptions {
         socket: args.socket,

@@ -34,7 +34,7 @@ enum Command {
     /// page sharing) to a running VMM.
     Ctl(ctl::CtlArgs),
     /// Run the host daemon (REST API, one VMM process per VM); `skiff host status` asks it.
-    Host(host::HostArgs),
+    Host(Box<host::HostArgs>),
     /// Manage VMs through the host daemon.
     Vm(vm::VmArgs),
 }
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     skiff::exit_with(match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Ctl(args) => ctl::run(args),
-        Command::Host(args) => host::run(args),
+        Command::Host(args) => host::run(*args),
         Command::Vm(args) => vm::run(args),
     })
 }

@@ -249,6 +249,7 @@ fn run_vm(args: &RunArgs, config: VmConfig, control_socket: Option<&Path>) -> Re
         test_violation: args.test_forbidden_syscall,
     })?;
     signals::block_termination_signals().context("cannot block termination signals")?;
+    signals::ignore_file_size_signal().context("cannot ignore SIGXFSZ")?;
     let vm = Vm::create(&config, Box::new(console::output()?))?;
     signals::forward_to(vm.exit_sender()).context("cannot start the signal thread")?;
 

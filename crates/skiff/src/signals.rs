@@ -47,6 +47,18 @@ pub fn block_termination_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// A file the VMM writes (its console log on stdout) may reach a size limit (a jailed VMM
+/// has RLIMIT_FSIZE): the write should then fail with EFBIG and be dropped, as a full disk
+/// is, rather than SIGXFSZ killing the VMM — which would let a guest that prints without
+/// end kill its own VM.
+pub fn ignore_file_size_signal() -> io::Result<()> {
+    // SAFETY: SIG_IGN is a valid disposition for SIGXFSZ; no handler runs.
+    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn forward_to(exits: ExitSender) -> io::Result<()> {
     seccomp::spawn(
         "signals".into(),

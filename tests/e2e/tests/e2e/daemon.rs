@@ -648,3 +648,71 @@ fn twenty_concurrent_clients_for_a_minute() {
         "daemon RSS grew from {early} to {late} KiB"
     );
 }
+
+/// A guest that prints without end neither fills the host's disk nor reaches its jailed
+/// VMM's file-size limit: the daemon rotates the console log past `--log-max`, the VM runs
+/// on, and the console API still returns the newest output.
+#[test]
+fn a_chatty_guests_console_log_is_rotated() {
+    const LINES: usize = 1500;
+    const LOG_MAX: u64 = 32 << 10;
+    let env = TestEnv::get();
+    let dir = env.scratch("daemon-log-rotation");
+    let daemon = Daemon::start_with(&dir, None, &["--log-max", "32K"]);
+    // ~100 bytes a line: about 150 KB, several times the limit.
+    let chatter = format!(
+        "i=0; while [ $i -lt {LINES} ]; do \
+         echo \"chatty line $i: {}\"; i=$((i+1)); done; echo CHATTY-DONE",
+        "x".repeat(80)
+    );
+    let file = dir.join("chatty.json");
+    std::fs::write(&file, spec_json("chatty", &chatter, "never")).expect("spec file");
+    daemon.vm_ok(&["create", "-f", file.to_str().expect("utf-8"), "--start"]);
+
+    let info = daemon.info("chatty");
+    let log = PathBuf::from(&info.console.log);
+    let rotated = PathBuf::from(format!("{}.1", log.display()));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let tail = loop {
+        let tail = daemon
+            .client()
+            .blocking("GET", "/vms/chatty/console?bytes=4096", None)
+            .expect("API answers")
+            .text();
+        if tail.contains("CHATTY-DONE") {
+            break tail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest never finished printing; console tail:\n{tail}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        tail.contains(&format!("chatty line {}", LINES - 1)),
+        "the tail holds the newest lines: {tail}"
+    );
+    // One more check period, so the last growth is rotated too.
+    std::thread::sleep(Duration::from_secs(3));
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let (current, older) = (size(&log), size(&rotated));
+    assert!(
+        older > LOG_MAX,
+        "{} holds the rotated part: {older} bytes",
+        rotated.display()
+    );
+    // Output grows by at most a few KB between checks at the UART's pace here.
+    let bound = 2 * LOG_MAX + 64 * 1024;
+    assert!(
+        current <= LOG_MAX + 64 * 1024 && current + older <= bound,
+        "logs kept to about twice the limit: {current} + {older} bytes, the guest printed {} KB",
+        LINES / 10
+    );
+    assert!(
+        daemon.log().contains("passed 32768 bytes"),
+        "the daemon says it rotated:\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.info("chatty").state, VmState::Running);
+}

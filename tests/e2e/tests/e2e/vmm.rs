@@ -315,3 +315,54 @@ fn mount_tmpfs(target: &std::ffi::CStr) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// A console written to a file that reaches the file-size limit (a jailed VMM runs under
+/// RLIMIT_FSIZE) drops the output past it; the VMM runs on, and the guest's power-off still
+/// ends it with status 0 (SIGXFSZ would have killed it).
+#[test]
+fn console_output_past_the_file_size_limit_is_dropped_not_fatal() {
+    const LIMIT: u64 = 16 << 10;
+    let env = TestEnv::get();
+    let dir = env.scratch("console-fsize");
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let log = dir.join("console.log");
+    let spec = GuestSpec::new(Vmm::Skiff)
+        .cmd("i=0; while [ $i -lt 400 ]; do echo \"line $i: ........................................\"; i=$((i+1)); done")
+        .timeout(Duration::from_secs(300));
+    let mut command = spec.command(env);
+    let stdout = std::fs::File::create(&log).expect("console file");
+    command.stdin(std::process::Stdio::null()).stdout(stdout);
+    // SAFETY: setrlimit is async-signal-safe and changes only the child.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("skiff runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("skiff ends");
+    let written = std::fs::metadata(&log).expect("console file").len();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the guest powered off; the VMM was not killed: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        written, LIMIT,
+        "the console filled the file up to the limit"
+    );
+}
