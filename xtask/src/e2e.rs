@@ -300,6 +300,10 @@ pub fn run_harness_bin(
             for (key, value) in emulated_env() {
                 payload.env(key, &value);
             }
+            // The benchmark's own settings (tests/e2e/src/bin/skiff-bench).
+            for (key, value) in std::env::vars().filter(|(k, _)| k.starts_with("SKIFF_BENCH_")) {
+                payload.env(&key, &value);
+            }
             payload.command = Some(std::iter::once(exe).chain(args.iter().cloned()).collect());
             let options = BootOptions {
                 memory: "8G".into(),
