@@ -3,9 +3,11 @@
 
 pub mod acpi;
 pub mod entry;
+mod file_map;
 pub mod kernel;
 
 use std::fs::File;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
@@ -22,6 +24,7 @@ use crate::layout::{
     ACPI_TABLES, ACPI_TABLES_END, CMDLINE, CMDLINE_MAX, EBDA, HIGH_RAM, PVH_INFO, ZERO_PAGE,
 };
 use crate::memory::{GuestRam, PAGE_SIZE};
+use file_map::FileMap;
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -86,12 +89,16 @@ pub struct BootSpec<'a> {
 pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<EntryPoint, BootError> {
     let mem = ram.memory();
     let path = spec.kernel;
-    let mut file = File::open(path).map_err(|source| BootError::KernelIo {
+    let io = |source| BootError::KernelIo {
         path: path.to_path_buf(),
         source,
-    })?;
-    let kernel = load_kernel(mem, &mut file).map_err(|e| kernel_error(path, e))?;
-    drop(file);
+    };
+    let image = File::open(path)
+        .and_then(|file| FileMap::new(&file))
+        .map_err(io)?;
+    let kernel =
+        load_kernel(mem, &mut Cursor::new(image.bytes())).map_err(|e| kernel_error(path, e))?;
+    drop(image);
     let rsdp = acpi::write_tables(mem, spec.vcpus)?;
     let e820 = e820_map(ram);
 
@@ -201,8 +208,10 @@ fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
+    let image = File::open(path)
+        .and_then(|file| FileMap::new(&file))
+        .map_err(io)?;
+    let size = image.bytes().len() as u64;
     let top = ram.low_ram_end().min(limit);
     let too_large = || BootError::InitrdTooLarge {
         path: path.to_path_buf(),
@@ -214,7 +223,7 @@ fn load_initrd(
         return Err(too_large());
     }
     ram.memory()
-        .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .read_exact_volatile_from(GuestAddress(addr), &mut image.bytes(), size as usize)
         .map_err(|e| BootError::InitrdIo {
             path: path.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
