@@ -7,6 +7,7 @@ pub mod api;
 mod cgroups;
 pub mod client;
 pub mod error;
+pub mod image_dirs;
 pub mod jail;
 pub mod log_rotation;
 pub mod memory;

@@ -46,6 +46,8 @@ pub struct HostConfig {
     pub jail: Option<JailConfig>,
     /// A VM's console log and VMM log are rotated past this size (`log_rotation`).
     pub log_max_bytes: u64,
+    /// Where kernels, initrds and disks may be (`image_dirs`).
+    pub image_dirs: crate::image_dirs::ImageDirs,
 }
 
 /// The host: every VM and what the daemon knows of it.
@@ -351,6 +353,7 @@ impl Host {
     pub async fn create(&self, body: &[u8], start: bool) -> Result<VmInfo, HostError> {
         let spec = validate::parse_spec(body)?;
         let name = validate::check_spec(&spec, &self.inner.config.state_dir)?;
+        self.inner.config.image_dirs.check_spec(&spec)?;
         {
             let mut vms = lock(&self.inner.vms);
             if vms.contains_key(&name) {
@@ -450,6 +453,7 @@ impl Host {
             Ok((e.paths.clone(), e.generation, e.record.spec.clone()))
         })?;
         let launched = self.jail_ids(name).and_then(|jail| {
+            self.inner.config.image_dirs.check_spec(&spec)?;
             self.prepare_jail(name, &spec, jail)?;
             let sharing = self.inner.config.memory.may_share(&spec.memory);
             let pid = vmm::launch(&self.inner.config.vmm_bin, name, &paths, jail, sharing)

@@ -50,6 +50,7 @@ async fn daemon_with(
         memory: skiff_host::memory::MemoryConfig::default(),
         jail,
         log_max_bytes: skiff_host::log_rotation::DEFAULT_MAX_BYTES,
+        image_dirs: skiff_host::image_dirs::ImageDirs::unrestricted(),
     };
     let host = Host::open(config).await.expect("host");
     let socket = dir.path().join("api.sock");

@@ -91,6 +91,7 @@ async fn daemon() -> (Host, tempfile::TempDir, String) {
         },
         jail: None,
         log_max_bytes: skiff_host::log_rotation::DEFAULT_MAX_BYTES,
+        image_dirs: skiff_host::image_dirs::ImageDirs::unrestricted(),
     })
     .await
     .expect("host");

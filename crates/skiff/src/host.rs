@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use skiff_api::ByteSize;
+use skiff_host::image_dirs::ImageDirs;
 use skiff_host::jail::JailConfig;
 use skiff_host::memory::{MemoryConfig, PolicyConfig};
 use skiff_host::model::HostStatus;
@@ -59,6 +60,10 @@ struct DaemonArgs {
     /// Seconds a stop waits for a VM to end before killing its VMM.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     stop_timeout: u64,
+    /// A directory that VMs' kernels, initrds and disks may be in (repeatable); any other
+    /// path is refused [default: <state-dir>/images, created if missing].
+    #[arg(long = "image-dir", value_name = "DIR")]
+    image_dirs: Vec<PathBuf>,
     /// Rotate a VM's console log and VMM log past this size (the older part goes to
     /// `<log>.1`), e.g. 64M [default: 16M].
     #[arg(long, value_name = "SIZE")]
@@ -197,6 +202,7 @@ fn serve(args: DaemonArgs) -> Result<u8> {
     if let Some(domain) = &memory.sharing_domain {
         skiff_api::validate_domain(domain).context("--sharing-domain")?;
     }
+    let image_dirs = image_dirs(&args.state_dir, &args.image_dirs)?;
     let jail = match args.no_jail {
         true => None,
         false => Some(jail_config(args.jail_uid_base)?),
@@ -208,6 +214,7 @@ fn serve(args: DaemonArgs) -> Result<u8> {
         start_timeout: Duration::from_secs(60),
         memory,
         jail,
+        image_dirs,
         log_max_bytes: args
             .log_max
             .map_or(skiff_host::log_rotation::DEFAULT_MAX_BYTES, ByteSize::bytes)
@@ -225,4 +232,17 @@ fn serve(args: DaemonArgs) -> Result<u8> {
         .context("cannot start the async runtime")?;
     runtime.block_on(skiff_host::server::run(config, options))?;
     Ok(0)
+}
+
+/// The directories VM files may be in: those given, or `<state-dir>/images` (made here).
+fn image_dirs(state_dir: &std::path::Path, given: &[PathBuf]) -> Result<ImageDirs> {
+    let dirs = if given.is_empty() {
+        let default = state_dir.join("images");
+        std::fs::create_dir_all(&default)
+            .with_context(|| format!("cannot create {}", default.display()))?;
+        vec![default]
+    } else {
+        given.to_vec()
+    };
+    ImageDirs::new(&dirs).context("--image-dir")
 }

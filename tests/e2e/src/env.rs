@@ -98,6 +98,19 @@ impl TestEnv {
         }
     }
 
+    /// The directories holding the guest files and scratch space: `skiff host --image-dir`
+    /// for daemons under test, whose VMs' files must be in their image directories.
+    pub fn image_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = [&self.kernel, &self.vmlinux, &self.initrd, &self.rootfs]
+            .iter()
+            .filter_map(|f| f.parent().map(PathBuf::from))
+            .chain(std::iter::once(self.tmp.clone()))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
     /// A private copy of the root file-system image under `SKIFF_E2E_TMP`, to boot with
     /// `--disk path=COPY` and `root=/dev/vda`.
     pub fn rootfs_copy(&self) -> Result<PathBuf, Error> {

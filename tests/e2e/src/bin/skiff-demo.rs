@@ -81,6 +81,11 @@ fn daemon_demo(env: &TestEnv) -> bool {
         .arg(dir.join("state"))
         .arg("--socket")
         .arg(&socket)
+        .args(
+            env.image_dirs()
+                .into_iter()
+                .flat_map(|d| [std::path::PathBuf::from("--image-dir"), d]),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

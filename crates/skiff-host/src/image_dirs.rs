@@ -1,0 +1,140 @@
+//! Where a VM's files may come from. The daemon runs as root and opens the kernel, initrd
+//! and disks a spec names (and gives writable disks to a jailed VM's uid): an API client
+//! free to name any path could boot a guest with `/etc/shadow` as its disk. So every such
+//! path must resolve, symlinks followed, inside one of the daemon's image directories
+//! (`skiff host --image-dir`, by default `<state-dir>/images`). The check runs when a VM is
+//! created and again at each start, so narrowing the directories applies to existing VMs.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use skiff_api::VmSpec;
+
+use crate::error::HostError;
+
+#[derive(Clone, Debug, Default)]
+pub struct ImageDirs {
+    /// Canonical paths; empty allows every path (tests and embedders of this library).
+    dirs: Vec<PathBuf>,
+}
+
+impl ImageDirs {
+    /// Every path allowed.
+    pub fn unrestricted() -> ImageDirs {
+        ImageDirs::default()
+    }
+
+    /// The given directories, which must exist.
+    pub fn new(dirs: &[PathBuf]) -> io::Result<ImageDirs> {
+        let dirs = dirs
+            .iter()
+            .map(|d| {
+                let canonical = std::fs::canonicalize(d).map_err(|e| {
+                    io::Error::new(e.kind(), format!("image directory {}: {e}", d.display()))
+                })?;
+                if !canonical.is_dir() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("image directory {} is not a directory", d.display()),
+                    ));
+                }
+                Ok(canonical)
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(ImageDirs { dirs })
+    }
+
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Refuses a path that does not resolve inside an image directory.
+    pub fn check(&self, field: &str, path: &Path) -> Result<(), HostError> {
+        if self.dirs.is_empty() {
+            return Ok(());
+        }
+        let resolved = std::fs::canonicalize(path)
+            .map_err(|e| HostError::invalid(field, format!("{}: {e}", path.display())))?;
+        if self.dirs.iter().any(|dir| resolved.starts_with(dir)) {
+            return Ok(());
+        }
+        let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
+        let via = if resolved == path {
+            String::new()
+        } else {
+            format!(" (it resolves to {})", resolved.display())
+        };
+        Err(HostError::invalid(
+            field,
+            format!(
+                "{}{via} is outside the daemon's image directories ({}): put it in one, or \
+                 start `skiff host` with --image-dir",
+                path.display(),
+                dirs.join(", ")
+            ),
+        ))
+    }
+
+    /// Checks the kernel, the initrd and every disk of a spec.
+    pub fn check_spec(&self, spec: &VmSpec) -> Result<(), HostError> {
+        self.check("kernel", &spec.kernel)?;
+        if let Some(initrd) = &spec.initrd {
+            self.check("initrd", initrd)?;
+        }
+        for disk in &spec.disks {
+            self.check("disks.path", &disk.path)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(result: Result<(), HostError>) -> String {
+        result.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn paths_must_resolve_inside_an_image_directory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let images = root.path().join("images");
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir_all(images.join("sub")).expect("mkdir");
+        std::fs::create_dir_all(&elsewhere).expect("mkdir");
+        let inside = images.join("sub/disk.img");
+        let outside = elsewhere.join("secret");
+        std::fs::write(&inside, "disk").expect("write");
+        std::fs::write(&outside, "secret").expect("write");
+        let dirs = ImageDirs::new(std::slice::from_ref(&images)).expect("dirs");
+
+        assert!(dirs.check("disks.path", &inside).is_ok());
+        let refused = message(dirs.check("disks.path", &outside));
+        assert!(
+            refused.contains("disks.path") && refused.contains("outside the daemon's image"),
+            "{refused}"
+        );
+        // `..` and symlinks are resolved before the check.
+        let dotdot = images.join("../elsewhere/secret");
+        assert!(message(dirs.check("kernel", &dotdot)).contains("resolves to"));
+        let link = images.join("link");
+        std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+        assert!(message(dirs.check("initrd", &link)).contains("resolves to"));
+        // A symlink into the directory is fine.
+        let back = elsewhere.join("back");
+        std::os::unix::fs::symlink(&inside, &back).expect("symlink");
+        assert!(dirs.check("disks.path", &back).is_ok());
+        // A missing file names the field.
+        assert!(message(dirs.check("kernel", &images.join("none"))).contains("kernel"));
+    }
+
+    #[test]
+    fn no_directories_allow_everything_and_a_missing_one_is_an_error() {
+        assert!(ImageDirs::unrestricted()
+            .check("kernel", Path::new("/etc/hostname"))
+            .is_ok());
+        let err = ImageDirs::new(&[PathBuf::from("/no/such/dir")]).expect_err("missing");
+        assert!(err.to_string().contains("/no/such/dir"), "{err}");
+    }
+}
