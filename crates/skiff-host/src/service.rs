@@ -299,8 +299,6 @@ impl Host {
         }
     }
 
-    /// Every VM with a VMM, and the client of its control socket: for the periodic
-    /// sampling (and the memory manager).
     /// Every VM's console log and VMM log, with the VM's name.
     pub fn log_files(&self) -> Vec<(String, PathBuf)> {
         lock(&self.inner.vms)
@@ -311,6 +309,8 @@ impl Host {
             .collect()
     }
 
+    /// Every VM with a VMM, and the client of its control socket: for the periodic
+    /// sampling (and the memory manager).
     pub fn running_vmms(&self) -> Vec<(String, VmmClient)> {
         lock(&self.inner.vms)
             .iter()
