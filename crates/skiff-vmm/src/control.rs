@@ -65,10 +65,10 @@ fn serve_client(stream: UnixStream, vm: &VmHandle) -> std::io::Result<()> {
             return Ok(());
         }
         let request = ControlRequest::from_line(&line);
-        // A stop ends the process: answer first, or the client may read nothing.
+        // A stop ends the process: it is carried out below, once answered, or the client
+        // may read nothing.
         let stop = matches!(request, Ok(ControlRequest::Stop));
         let response = match request {
-            Ok(ControlRequest::Stop) => ControlResponse::ok(),
             Ok(request) => handle(request, vm),
             Err(e) => ControlResponse::error(format!("bad request: {e}")),
         };
@@ -85,8 +85,9 @@ fn serve_client(stream: UnixStream, vm: &VmHandle) -> std::io::Result<()> {
     }
 }
 
-/// Maps each request to its action: the one place control requests are interpreted.
-pub fn handle(request: ControlRequest, vm: &VmHandle) -> ControlResponse {
+/// Maps each request to its action: the one place control requests are interpreted
+/// (but for a stop, which `serve_client` carries out after answering).
+fn handle(request: ControlRequest, vm: &VmHandle) -> ControlResponse {
     match request {
         ControlRequest::Stats => match vm.stats() {
             Ok(stats) => ControlResponse::Ok {
@@ -111,10 +112,7 @@ pub fn handle(request: ControlRequest, vm: &VmHandle) -> ControlResponse {
             Ok(()) => ControlResponse::ok(),
             Err(e) => ControlResponse::error(format!("cannot press the power button: {e}")),
         },
-        ControlRequest::Stop => {
-            vm.stop(VmExit::Stopped);
-            ControlResponse::ok()
-        }
+        ControlRequest::Stop => ControlResponse::ok(),
         ControlRequest::Sampling { period_secs, pages } => {
             match vm.set_sampling(period_secs, pages) {
                 Ok(()) => ControlResponse::ok(),
