@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::ptr::NonNull;
 
 pub struct FileMap {
@@ -18,6 +19,11 @@ pub struct FileMap {
 }
 
 impl FileMap {
+    /// Opens and maps the file at `path`.
+    pub fn open(path: &Path) -> io::Result<FileMap> {
+        FileMap::new(&File::open(path)?)
+    }
+
     pub fn new(file: &File) -> io::Result<FileMap> {
         let meta = file.metadata()?;
         if !meta.is_file() {

@@ -6,7 +6,6 @@ pub mod entry;
 mod file_map;
 pub mod kernel;
 
-use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -93,9 +92,7 @@ pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<EntryPoint, BootError
         path: path.to_path_buf(),
         source,
     };
-    let image = File::open(path)
-        .and_then(|file| FileMap::new(&file))
-        .map_err(io)?;
+    let image = FileMap::open(path).map_err(io)?;
     let kernel =
         load_kernel(mem, &mut Cursor::new(image.bytes())).map_err(|e| kernel_error(path, e))?;
     drop(image);
@@ -208,9 +205,7 @@ fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let image = File::open(path)
-        .and_then(|file| FileMap::new(&file))
-        .map_err(io)?;
+    let image = FileMap::open(path).map_err(io)?;
     let size = image.bytes().len() as u64;
     let top = ram.low_ram_end().min(limit);
     let too_large = || BootError::InitrdTooLarge {
