@@ -72,6 +72,10 @@ impl Console {
         &self.report
     }
 
+    pub fn into_report(self) -> TestReport {
+        self.report
+    }
+
     fn show(&mut self, line: String) {
         self.report.feed(&line);
         let summary = self.stream == Stream::EndWithTestSummary && line.starts_with("test result:");

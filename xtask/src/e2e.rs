@@ -33,6 +33,10 @@ pub struct E2eArgs {
     /// Give up (and kill the emulated host) after this many seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
+    /// Kill the emulated host when its console stays silent this many seconds (a hung
+    /// host; tests run one at a time and none passes in that long); 0: never.
+    #[arg(long, default_value_t = 600)]
+    pub stall: u64,
     /// More arguments for the test executable (libtest's, e.g. --nocapture).
     #[arg(last = true)]
     pub test_args: Vec<String>,
@@ -40,7 +44,7 @@ pub struct E2eArgs {
 
 pub fn main(args: E2eArgs) -> Result<ExitCode> {
     apt::ensure_installed(apt::HOST_PACKAGES)?;
-    Ok(crate::exit_code(run(&args)?.status))
+    Ok(crate::exit_code(crate::test::run_e2e(&args)?))
 }
 
 /// Builds and runs the e2e suite; returns how the test executable ended (the failed
@@ -81,6 +85,7 @@ pub fn run(args: &E2eArgs) -> Result<Finished> {
             let options = BootOptions {
                 memory: args.memory.clone(),
                 timeout: Some(Duration::from_secs(args.timeout)),
+                stall: (args.stall > 0).then(|| Duration::from_secs(args.stall)),
                 stream: Stream::EndWithTestSummary,
             };
             host::boot(&assets, &payload, &options)
@@ -130,6 +135,23 @@ pub fn direct_env(assets: &Assets) -> Result<Vec<(&'static str, String)>> {
         ("SKIFF_MKE2FS", path(&cmd::require("mke2fs", "e2fsprogs")?)),
         ("SKIFF_E2E_TMP", path(&tmp)),
     ])
+}
+
+/// The names of the tests `args` selects (ignored ones included), from the test
+/// executable's `--list`.
+pub fn list_tests(args: &E2eArgs) -> Result<Vec<String>> {
+    let tests = build_tests()?;
+    let mut command = Command::new(&tests);
+    command
+        .args(["--list", "--format", "terse"])
+        .args(&args.filter)
+        .args(&args.test_args);
+    let out = cmd::output(&mut command)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect())
 }
 
 fn run_direct(assets: &Assets, tests: &Path, test_args: &[String]) -> Result<i32> {
@@ -308,6 +330,7 @@ pub fn run_harness_bin(
             let options = BootOptions {
                 memory: "8G".into(),
                 timeout: Some(timeout),
+                stall: None,
                 stream: Stream::Plain,
             };
             Ok(host::boot(&assets, &payload, &options)?.status)

@@ -5,7 +5,6 @@
 //! The initramfs is two concatenated cpio archives: a cached base (everything that
 //! rarely changes) and a small per-run archive (binaries, environment, command).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -16,16 +15,18 @@ use anyhow::{Context, Result};
 use crate::assets::Assets;
 pub use crate::console::Stream;
 use crate::console::{Console, Event};
+use crate::host_stall::{self, Output};
 use crate::hostfs::TempFile;
 pub use crate::hostfs::{layout, Payload};
 use crate::process::Guarded;
-use crate::test_report::FailedTest;
+use crate::test_report::{FailedTest, TestReport};
 use crate::{apt, assets, hostfs, outer_qemu};
 
 /// The host kernel's command line: serial console, only emergencies on it (KVM's
-/// rate-limited complaints about guest MSR writes would land amid test output), and
-/// no time spent on things an emulated CPU makes slow.
-const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 mitigations=off tsc=reliable no_timer_check \
+/// rate-limited complaints about guest MSR writes would land amid test output), SysRq
+/// for a host that stalls (host_stall.rs), and no time spent on things an emulated CPU
+/// makes slow.
+const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 sysrq_always_enabled mitigations=off tsc=reliable no_timer_check \
                        i8042.noaux i8042.nopnp 8250.nr_uarts=1 cryptomgr.notests random.trust_cpu=on";
 
 /// The emulated machine: TCG on both host cores, `-cpu max` for SVM with nested paging.
@@ -82,6 +83,7 @@ pub fn main(args: HostArgs) -> Result<ExitCode> {
             .timeout
             .or((!args.cmd.is_empty()).then_some(1800))
             .map(Duration::from_secs),
+        stall: None,
         stream: Stream::Plain,
     };
     if args.cmd.is_empty() {
@@ -93,21 +95,29 @@ pub fn main(args: HostArgs) -> Result<ExitCode> {
 }
 
 /// The emulated host ended before its command did: its kernel panicked (the emulated
-/// AMD-V of QEMU's TCG now and then crashes it, docs/testing.md) or QEMU itself died.
+/// AMD-V of QEMU's TCG now and then crashes it, docs/testing.md), QEMU itself died, or
+/// the host printed nothing for longer than [`BootOptions::stall`] and was killed.
 #[derive(Debug)]
-pub struct HostDied(pub String);
+pub struct HostFault {
+    pub what: String,
+    /// What the test output had said by then.
+    pub report: TestReport,
+}
 
-impl std::fmt::Display for HostDied {
+impl std::fmt::Display for HostFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.what)
     }
 }
 
-impl std::error::Error for HostDied {}
+impl std::error::Error for HostFault {}
 
 pub struct BootOptions {
     pub memory: String,
     pub timeout: Option<Duration>,
+    /// Give up on a host whose console stayed silent this long (after asking its
+    /// kernel what it is doing): a hung host, not a slow test.
+    pub stall: Option<Duration>,
     pub stream: Stream,
 }
 
@@ -171,50 +181,56 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
     let initrd = TempFile(hostfs::initrd(assets, payload, &marker)?);
     let started = Instant::now();
     let mut command = qemu_command(assets, &initrd.0, &options.memory)?;
-    command.stdin(Stdio::null()).stdout(Stdio::piped());
+    // stdin is a pipe that stays quiet unless the host stalls (SysRq, host_stall.rs).
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut qemu = Guarded::spawn(&mut command)?;
     let stdout = qemu.child().stdout.take().context("QEMU has no stdout")?;
+    let mut stdin = qemu.child().stdin.take().context("QEMU has no stdin")?;
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let line = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_owned();
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    std::thread::spawn(move || host_stall::read_console(stdout, &tx));
     let mut console = Console::new(&marker, options.stream);
     let deadline = options.timeout.map(|t| started + t);
+    let mut last_output = Instant::now();
+    let mut partial = String::new();
     loop {
-        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
+        let mut wait = Duration::from_secs(3600);
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        if let Some(stall) = options.stall {
+            wait = wait.min((last_output + stall).saturating_duration_since(Instant::now()));
+        }
         match rx.recv_timeout(wait) {
-            Ok(line) => match console.feed(line) {
-                Event::Line => {}
-                Event::Up => eprintln!(
-                    "emulated host up after {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ),
-                Event::Exit(status) => {
-                    console.finish();
-                    // The host powers off right after the marker; don't wait long for it.
-                    let grace = Instant::now() + Duration::from_secs(10);
-                    while Instant::now() < grace {
-                        if qemu.child().try_wait()?.is_some() {
-                            break;
+            Ok(Output::Partial(text)) => {
+                last_output = Instant::now();
+                partial = text;
+            }
+            Ok(Output::Line(line)) => {
+                last_output = Instant::now();
+                partial.clear();
+                match console.feed(line) {
+                    Event::Line => {}
+                    Event::Up => eprintln!(
+                        "emulated host up after {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Event::Exit(status) => {
+                        console.finish();
+                        // The host powers off right after the marker; don't wait long for it.
+                        let grace = Instant::now() + Duration::from_secs(10);
+                        while Instant::now() < grace {
+                            if qemu.child().try_wait()?.is_some() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
                         }
-                        std::thread::sleep(Duration::from_millis(20));
+                        return Ok(Finished {
+                            status,
+                            failed: console.report().failed().to_vec(),
+                        });
                     }
-                    return Ok(Finished {
-                        status,
-                        failed: console.report().failed().to_vec(),
-                    });
                 }
-            },
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     qemu.kill();
@@ -224,15 +240,52 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                         started.elapsed().as_secs()
                     );
                 }
+                if let Some(stall) = options.stall.filter(|s| last_output.elapsed() >= *s) {
+                    let running = host_stall::running_test(&partial)
+                        .map(|t| format!(" during test {t}"))
+                        .unwrap_or_default();
+                    println!(
+                        "SKIFF-HOST-STALL: the emulated host printed nothing for {} s{running}; \
+                         its kernel's blocked tasks and CPU backtraces follow (SysRq w, l)",
+                        stall.as_secs()
+                    );
+                    if let Err(e) = host_stall::send_sysrq(&mut stdin) {
+                        println!("SKIFF-HOST-STALL: cannot send SysRq to the host: {e}");
+                    }
+                    show_until_quiet(&rx, &mut console, Duration::from_secs(30));
+                    qemu.kill();
+                    console.finish();
+                    return Err(HostFault {
+                        what: format!(
+                            "the emulated host stalled{running} (no output for {} s); QEMU was killed",
+                            stall.as_secs()
+                        ),
+                        report: console.into_report(),
+                    }
+                    .into());
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = qemu.child().wait()?;
                 console.finish();
-                return Err(HostDied(format!(
-                    "QEMU exited ({status}) before the host command finished"
-                ))
+                return Err(HostFault {
+                    what: format!("QEMU exited ({status}) before the host command finished"),
+                    report: console.into_report(),
+                }
                 .into());
             }
+        }
+    }
+}
+
+/// Shows what the host still prints, until it is quiet for 5 s or `limit` passed.
+fn show_until_quiet(rx: &mpsc::Receiver<Output>, console: &mut Console, limit: Duration) {
+    let end = Instant::now() + limit;
+    while let Ok(output) =
+        rx.recv_timeout(Duration::from_secs(5).min(end.saturating_duration_since(Instant::now())))
+    {
+        if let Output::Line(line) = output {
+            console.feed(line);
         }
     }
 }

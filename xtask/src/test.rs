@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result};
 
 use crate::e2e::{self, E2eArgs};
-use crate::host::HostDied;
+use crate::host::HostFault;
 use crate::{apt, fuzz, paths, ModeOpt};
 
 /// Seconds each fuzz target runs in `cargo xtask test` (docs/fuzzing.md has longer runs).
@@ -19,6 +19,10 @@ pub struct TestArgs {
     pub filter: Option<String>,
     #[command(flatten)]
     pub mode: ModeOpt,
+    /// Seconds of silence after which the emulated host counts as hung (`cargo xtask
+    /// e2e --stall`); 0: never.
+    #[arg(long, default_value_t = 600)]
+    pub stall: u64,
 }
 
 pub fn main(args: TestArgs) -> Result<ExitCode> {
@@ -49,6 +53,7 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
         // A guard against a hung emulated host, not a budget: on a loaded machine the
         // suite has taken longer than 30 minutes.
         timeout: 3000,
+        stall: args.stall,
         test_args: Vec::new(),
     };
     let e2e_status = run_e2e(&e2e_args)?;
@@ -61,16 +66,13 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
 
 /// Runs the e2e suite, giving the emulated host's known faults one second chance each;
 /// returns the test executable's exit status.
-fn run_e2e(args: &E2eArgs) -> Result<i32> {
+pub fn run_e2e(args: &E2eArgs) -> Result<i32> {
     let first = match e2e::run(args) {
-        // The emulated host's kernel crashed under the suite (not a test failing): once,
-        // the suite runs again in a fresh host, so that its summary line still ends the
-        // output. A second crash is an error.
-        Err(e) if e.downcast_ref::<HostDied>().is_some() => {
-            eprintln!("error: the emulated host died during the e2e suite ({e}); running the suite once more in a fresh one");
-            e2e::run(args)?
-        }
-        other => other?,
+        Ok(finished) => finished,
+        Err(e) => match e.downcast::<HostFault>() {
+            Ok(fault) => return rerun_after_host_fault(args, &fault),
+            Err(e) => return Err(e),
+        },
     };
     // Tests that failed only because a guest died of a triple fault (the emulated host's
     // nested virtualization, docs/testing.md) run once more, in a fresh host; any other
@@ -85,12 +87,53 @@ fn run_e2e(args: &E2eArgs) -> Result<i32> {
         names.join(", "),
         if names.len() == 1 { "it" } else { "them" }
     );
-    let rerun = E2eArgs {
+    Ok(e2e::run(&exactly(args, names))?.status)
+}
+
+/// The emulated host's kernel crashed or hung under the suite (not a test failing):
+/// the tests it had not finished run once more in a fresh host, so that a summary line
+/// still ends the output. Tests that had failed before run again too, to show why, but
+/// fail the run whatever the second run says. A second fault is an error.
+fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault) -> Result<i32> {
+    let settled = fault.report.settled();
+    let failed: Vec<String> = fault
+        .report
+        .failed()
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let unfinished: Vec<String> = e2e::list_tests(args)?
+        .into_iter()
+        .filter(|t| !settled.contains(t) && !failed.contains(t))
+        .collect();
+    println!(
+        "SKIFF-E2E-RERUN: {fault}; running in a fresh host the {} test(s) it had not finished{}",
+        unfinished.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" and those that had failed ({})", failed.join(", "))
+        }
+    );
+    let names: Vec<String> = failed.iter().cloned().chain(unfinished).collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let status = e2e::run(&exactly(args, names))?.status;
+    Ok(if failed.is_empty() {
+        status
+    } else {
+        status.max(1)
+    })
+}
+
+/// `args` narrowed to exactly the tests `names`.
+fn exactly(args: &E2eArgs, names: Vec<String>) -> E2eArgs {
+    E2eArgs {
         filter: None,
         test_args: std::iter::once("--exact".to_owned()).chain(names).collect(),
         ..args.clone()
-    };
-    Ok(e2e::run(&rerun)?.status)
+    }
 }
 
 /// Runs `cargo test ARGS`; true if it passed.

@@ -12,9 +12,11 @@ pub struct FailedTest {
     pub triple_fault: bool,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct TestReport {
     failed: Vec<FailedTest>,
+    /// Tests that passed or were ignored.
+    settled: Vec<String>,
     /// The test whose captured output (`---- NAME stdout ----`) is being read.
     section: Option<String>,
     /// Reading a `failures:` list of names (which also catches a FAILED result that
@@ -29,6 +31,8 @@ impl TestReport {
             .and_then(|rest| rest.strip_suffix(" ... FAILED"))
         {
             self.failed_test(name);
+        } else if let Some(name) = settled_test(line) {
+            self.settled.push(name.to_owned());
         } else if let Some(name) = line
             .strip_prefix("---- ")
             .and_then(|rest| rest.strip_suffix(" stdout ----"))
@@ -72,6 +76,18 @@ impl TestReport {
     pub fn failed(&self) -> &[FailedTest] {
         &self.failed
     }
+
+    /// Tests whose result was `ok` or `ignored`.
+    pub fn settled(&self) -> &[String] {
+        &self.settled
+    }
+}
+
+/// The name in `test NAME ... ok` or `test NAME ... ignored[, reason]`.
+fn settled_test(line: &str) -> Option<&str> {
+    let (name, result) = line.strip_prefix("test ")?.split_once(" ... ")?;
+    let settled = result == "ok" || result == "ignored" || result.starts_with("ignored, ");
+    (settled && !name.contains(char::is_whitespace)).then_some(name)
 }
 
 #[cfg(test)]
@@ -121,6 +137,22 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn passed_and_ignored_tests_are_settled() {
+        let mut report = TestReport::default();
+        for line in [
+            "test vmm::boots ... ok",
+            "test vmm::slow ... ignored, a benchmark",
+            "test vmm::other ... ignored",
+            "test vmm::bad ... FAILED",
+            "test vmm::noisy ... [ 1.0] kernel says",
+            "test result: ok. 1 passed",
+        ] {
+            report.feed(line);
+        }
+        assert_eq!(report.settled(), ["vmm::boots", "vmm::slow", "vmm::other"]);
     }
 
     #[test]
