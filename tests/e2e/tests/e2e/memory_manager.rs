@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use skiff_e2e::{GuestSpec, TestEnv, Vmm};
 use skiff_host::memory::FreeState;
-use skiff_host::model::{HostStatus, VmInfo};
+use skiff_host::model::{HostStatus, VmInfo, VmState};
 
 use crate::daemon::Daemon;
 
@@ -33,6 +33,20 @@ pub(crate) fn run(daemon: &Daemon, spec: &serde_json::Value) {
 
 fn console(vm: &VmInfo) -> String {
     std::fs::read_to_string(&vm.console.log).unwrap_or_default()
+}
+
+/// Fails the test at once when a VM has failed (these VMs never restart): waiting out the
+/// deadline would only hide why. The message carries the VMM's last words.
+fn assert_none_failed(vms: &[VmInfo], daemon: &Daemon) {
+    if let Some(vm) = vms.iter().find(|vm| vm.state == VmState::Failed) {
+        panic!(
+            "VM {} failed: {:?}\n{}\n{}",
+            vm.name,
+            vm.reason,
+            console(vm),
+            daemon.log()
+        );
+    }
 }
 
 /// A guest that fills its page cache with its whole disk, then prints a heartbeat. The shell
@@ -98,6 +112,7 @@ fn page_caches_past_the_budget_are_ballooned_back_into_it() {
     loop {
         let host: HostStatus = daemon.get("/host");
         let vms: Vec<VmInfo> = daemon.get("/vms");
+        assert_none_failed(&vms, &daemon);
         if let Some(memory) = &host.memory {
             states.push(memory.state);
         }
@@ -179,6 +194,7 @@ fn the_idle_tax_gives_the_busy_vm_more() {
     let deadline = started + Duration::from_secs(360);
     loop {
         let vms: Vec<VmInfo> = daemon.get("/vms");
+        assert_none_failed(&vms, &daemon);
         let find = |name: &str| vms.iter().find(|vm| vm.name == name).cloned();
         let (Some(idle), Some(busy)) = (find("idle"), find("busy")) else {
             panic!("VMs gone: {vms:?}");
