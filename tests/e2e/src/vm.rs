@@ -198,6 +198,11 @@ impl Vm {
         lock(&self.console).text.clone()
     }
 
+    /// Everything the VMM wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        lock(&self.stderr).clone()
+    }
+
     /// When the guest printed `SKIFF-INIT-READY`, counted from VMM start.
     pub fn init_ready(&self) -> Option<Duration> {
         lock(&self.console).init_ready

@@ -88,6 +88,8 @@ impl Hardening {
 struct Samples {
     seconds: Vec<f64>,
     overhead_kib: Vec<u64>,
+    /// Skiff's own start-up: when its guest started, from its debug log.
+    guest_start_secs: Vec<f64>,
     failures: usize,
 }
 
@@ -178,6 +180,9 @@ fn boot_cases() -> Vec<Case> {
 }
 
 fn boot_bench(rounds: usize, report: &mut String) {
+    // Skiff's debug log says when its guest starts (the VMM's share of a boot); QEMU
+    // ignores the variable.
+    std::env::set_var("SKIFF_LOG", "debug");
     let cases = boot_cases();
     let mut samples: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
     for round in 1..=rounds {
@@ -220,6 +225,33 @@ fn boot_bench(rounds: usize, report: &mut String) {
             ("hardening", 6, &[0, 7]),
         ],
     );
+    guest_share(report, &cases, &samples, 2);
+}
+
+/// How much of each Skiff boot was the guest's own: the total less the VMM's start-up
+/// (process start to the guest's first instruction). That share over QEMU's whole boot
+/// is the ratio an infinitely fast VMM would reach with the same guest.
+fn guest_share(report: &mut String, cases: &[Case], samples: &[Samples], reference: usize) {
+    let Some(qemu) = median(&samples[reference].seconds) else {
+        return;
+    };
+    let _ = writeln!(
+        report,
+        "\n| Skiff configuration | VMM start-up to the guest's first instruction (s) | guest's own time (s) | guest's own time / {} |\n|---|---:|---:|---:|",
+        cases[reference].name
+    );
+    for (case, s) in cases.iter().zip(samples) {
+        let (Some(total), Some(start)) = (median(&s.seconds), median(&s.guest_start_secs)) else {
+            continue;
+        };
+        let guest = total - start;
+        let _ = writeln!(
+            report,
+            "| {} | {start:.3} | {guest:.3} | {:.2} |",
+            case.name,
+            guest / qemu
+        );
+    }
 }
 
 fn tiny_bench(rounds: usize, report: &mut String) {
@@ -297,6 +329,9 @@ fn measure(mut vm: Vm, marker: &str, samples: &mut Samples) {
         Ok(_) => {
             let elapsed = vm.elapsed();
             samples.seconds.push(elapsed.as_secs_f64());
+            if let Some(start) = guest_start_secs(&vm.stderr()) {
+                samples.guest_start_secs.push(start);
+            }
             match vmm_overhead_kib(vm.pid(), u64::from(MEMORY_MIB) << 20) {
                 Ok(kib) => {
                     samples.overhead_kib.push(kib);
@@ -315,6 +350,13 @@ fn measure(mut vm: Vm, marker: &str, samples: &mut Samples) {
     }
     // The measurement is taken: end the VMM now (Drop kills it and reaps it).
     drop(vm);
+}
+
+/// From the VMM's debug log: "the guest starts N ms after the VMM process did".
+fn guest_start_secs(stderr: &str) -> Option<f64> {
+    let rest = stderr.split("the guest starts ").nth(1)?;
+    let ms: f64 = rest.split(" ms after").next()?.trim().parse().ok()?;
+    Some(ms / 1000.0)
 }
 
 pub(crate) fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
