@@ -31,7 +31,10 @@ pub enum KernelError {
     NoLongModeEntry,
     #[error("{0}")]
     Load(String),
-    #[error("it needs guest memory up to {end:#x}, more than the guest has")]
+    #[error(
+        "it needs guest memory up to {end:#x} ({} MiB), more than the guest has",
+        end.div_ceil(1 << 20)
+    )]
     TooLarge { end: u64 },
 }
 
@@ -39,6 +42,7 @@ pub enum KernelError {
 #[derive(Debug)]
 pub enum LoadedKernel {
     /// Protected-mode code loaded at `load_addr`; `header` is its boot protocol header.
+    /// `end` covers where it decompresses itself, which the initrd must stay clear of.
     BzImage {
         header: setup_header,
         load_addr: u64,
@@ -97,10 +101,17 @@ where
             if header.version < MIN_64BIT_PROTOCOL || header.xloadflags & XLF_KERNEL_64 == 0 {
                 return Err(KernelError::NoLongModeEntry);
             }
+            // The compressed kernel unpacks itself at its preferred address (a relocatable
+            // one loaded lower moves up to it) and needs `init_size` bytes there before it
+            // reads the memory map: a guest without them dies of a triple fault.
+            let runtime_start = header.pref_address.max(loaded.kernel_load.0);
+            let end = runtime_start
+                .saturating_add(u64::from(header.init_size))
+                .max(loaded.kernel_end);
             Ok(LoadedKernel::BzImage {
                 header,
                 load_addr: loaded.kernel_load.0,
-                end: loaded.kernel_end,
+                end,
             })
         }
         Kind::Elf => {
@@ -210,6 +221,39 @@ mod tests {
         put(NOTE, &note);
         put(CODE, &[0xf4; 16]);
         e
+    }
+
+    /// A bzImage (boot protocol 2.15, 64-bit entry, relocatable) whose decompressed kernel
+    /// needs `init_size` bytes at 2 MiB.
+    fn bzimage(init_size: u32) -> Vec<u8> {
+        const SETUP_SECTS: usize = 4;
+        let mut bz = vec![0u8; (SETUP_SECTS + 1) * 512 + 0x1000];
+        let mut put = |at: usize, bytes: &[u8]| bz[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0x1f1, &[SETUP_SECTS as u8]);
+        put(0x1fe, &BOOT_MAGIC.to_le_bytes());
+        put(0x202, &HDRS_MAGIC.to_le_bytes());
+        put(0x206, &0x020fu16.to_le_bytes()); // version
+        put(0x211, &[1]); // loadflags: LOADED_HIGH
+        put(0x214, &(HIGH_RAM as u32).to_le_bytes()); // code32_start
+        put(0x234, &[1]); // relocatable_kernel
+        put(0x236, &XLF_KERNEL_64.to_le_bytes());
+        put(0x258, &(2u64 << 20).to_le_bytes()); // pref_address
+        put(0x260, &init_size.to_le_bytes());
+        bz
+    }
+
+    #[test]
+    fn a_bzimage_needs_room_to_decompress_itself() {
+        let m = mem();
+        let ok = load_kernel(&m, &mut Cursor::new(bzimage(1 << 20))).expect("loads");
+        assert_eq!(ok.end(), 3 << 20, "{ok:?}");
+        // 4 MiB of RAM; 2 MiB + 3 MiB needed (a triple fault in the guest, before).
+        let err = load_kernel(&m, &mut Cursor::new(bzimage(3 << 20))).expect_err("refused");
+        assert!(
+            matches!(err, KernelError::TooLarge { end } if end == 5 << 20),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("(5 MiB)"), "{err}");
     }
 
     #[test]
