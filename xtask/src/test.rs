@@ -112,7 +112,10 @@ fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault) -> Result<i32> {
         if failed.is_empty() {
             String::new()
         } else {
-            format!(" and those that had failed ({})", failed.join(", "))
+            format!(
+                " and, to show why, those that had failed ({}), which fail the run",
+                failed.join(", ")
+            )
         }
     );
     let names: Vec<String> = failed.iter().cloned().chain(unfinished).collect();
@@ -127,13 +130,46 @@ fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault) -> Result<i32> {
     })
 }
 
-/// `args` narrowed to exactly the tests `names`.
+/// `args` narrowed to exactly the tests `names`, keeping libtest's options (an
+/// `--ignored` run must stay one) and dropping its name filters.
 fn exactly(args: &E2eArgs, names: Vec<String>) -> E2eArgs {
     E2eArgs {
         filter: None,
-        test_args: std::iter::once("--exact".to_owned()).chain(names).collect(),
+        test_args: libtest_options(&args.test_args)
+            .into_iter()
+            .chain(std::iter::once("--exact".to_owned()))
+            .chain(names)
+            .collect(),
         ..args.clone()
     }
+}
+
+/// libtest's options that take a separate value (`--skip NAME`).
+const OPTIONS_WITH_VALUE: &[&str] = &[
+    "--skip",
+    "--test-threads",
+    "--format",
+    "--color",
+    "--logfile",
+    "--shuffle-seed",
+    "-Z",
+];
+
+/// The options among libtest arguments, with their values; positional name filters and
+/// `--exact` left out.
+fn libtest_options(test_args: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut args = test_args.iter();
+    while let Some(arg) = args.next() {
+        if !arg.starts_with('-') || arg == "--exact" {
+            continue;
+        }
+        kept.push(arg.clone());
+        if OPTIONS_WITH_VALUE.contains(&arg.as_str()) {
+            kept.extend(args.next().cloned());
+        }
+    }
+    kept
 }
 
 /// Runs `cargo test ARGS`; true if it passed.
@@ -145,4 +181,27 @@ fn cargo_test(args: &[&str]) -> Result<bool> {
         .status()
         .context("cannot run cargo test")?;
     Ok(status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rerun_keeps_libtests_options_but_not_its_filters() {
+        let args: Vec<String> = [
+            "overcommit",
+            "--ignored",
+            "--skip",
+            "slow",
+            "--exact",
+            "--nocapture",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            libtest_options(&args),
+            ["--ignored", "--skip", "slow", "--nocapture"]
+        );
+    }
 }
