@@ -186,8 +186,14 @@ fn the_idle_tax_gives_the_busy_vm_more() {
     let dir = env.scratch("memory-idle-tax");
     let daemon = Daemon::start_with(&dir, None, &["--memory-budget", "512M"]);
     let disk = disk(&dir, 256);
-    run(&daemon, &guest("idle", FILL_THEN_IDLE, &disk, 5));
-    let busy = "skiff-guest-tool membench 200 --seconds 100000";
+    // The guests start working after their VMMs have turned dirty logging on (one
+    // sampling period after start): in the emulated host, a guest writing hard while
+    // its 2 MiB nested mappings were write-protected under it died of a triple fault
+    // (twice in session 6's suite runs, each time as the host went High → Low with
+    // neither a pause nor a page-out; docs/testing.md).
+    let idle = format!("sleep 10; {FILL_THEN_IDLE}");
+    run(&daemon, &guest("idle", &idle, &disk, 5));
+    let busy = "sleep 10; skiff-guest-tool membench 200 --seconds 100000";
     run(&daemon, &guest("busy", busy, &disk, 5));
 
     let started = Instant::now();
