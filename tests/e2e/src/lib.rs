@@ -33,7 +33,7 @@ pub use error::Error;
 pub use output::{value, RunOutput};
 pub use smaps::vmm_overhead_kib;
 pub use spec::{GuestSpec, KernelKind, Vmm};
-pub use vm::{Signal, Vm};
+pub use vm::{thread_states, Signal, Vm};
 
 /// Printed by the guest's `/init` as its first action: "the guest is up".
 pub const INIT_READY: &str = "SKIFF-INIT-READY";

@@ -321,7 +321,7 @@ impl Vm {
                     "warning: VMM pid {} still running {REAP_TIMEOUT:?} after SIGKILL; left \
                      behind. {}",
                     self.child.id(),
-                    stuck_threads(self.child.id())
+                    thread_states(self.child.id())
                 );
                 return;
             }
@@ -378,7 +378,7 @@ fn read_console(
 const REAP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Each thread of `pid` with its state and the kernel function it waits in.
-fn stuck_threads(pid: u32) -> String {
+pub fn thread_states(pid: u32) -> String {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return String::new();
     };

@@ -143,6 +143,30 @@ pub(crate) fn wait_for_file_text(path: &Path, text: &str, timeout: Duration) {
     }
 }
 
+/// Waits for a daemon VM's guest to spin. A guest that never did (once in session 6: an
+/// empty console after 240 s) fails the test with what the daemon knows of the VM, where
+/// its VMM's threads are (in KVM_RUN, or stuck elsewhere), its VMM log and the daemon's log.
+fn wait_until_spinning(daemon: &Daemon, name: &str, console: &Path) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !std::fs::read_to_string(console).is_ok_and(|c| c.contains("SPINNING")) {
+        if Instant::now() >= deadline {
+            let info = daemon.get::<VmInfo>(&format!("/vms/{name}"));
+            let threads = info
+                .vmm_pid
+                .map_or(String::new(), |pid| skiff_e2e::thread_states(pid as u32));
+            let vmm_log = console.with_file_name("vmm.log");
+            panic!(
+                "{name}: no SPINNING after {BOOT_TIMEOUT:?}\nVM: {info:#?}\nVMM threads: {threads}\n\
+                 console:\n{}\nVMM log:\n{}\ndaemon log:\n{}",
+                std::fs::read_to_string(console).unwrap_or_default(),
+                std::fs::read_to_string(&vmm_log).unwrap_or_default(),
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The VMM of a VM the daemon started, which put it in skiff/NAME (`--cgroup`): the group's
 /// user processes are that VMM and, jailed (the daemon's default), its supervisor outside
 /// the jail's PID namespace, which joined the group before forking it. KVM's kernel worker
@@ -181,8 +205,8 @@ fn daemon_vms_with_shares_2_to_1_split_a_cpu() {
     let daemon = Daemon::start_with(&TestEnv::get().scratch("cgroups-daemon"), None, &[]);
     let heavy_console = start_busy_vm_in(&daemon, heavy_name, 2000);
     let light_console = start_busy_vm_in(&daemon, light_name, 1000);
-    wait_for_file_text(&heavy_console, "SPINNING", BOOT_TIMEOUT);
-    wait_for_file_text(&light_console, "SPINNING", BOOT_TIMEOUT);
+    wait_until_spinning(&daemon, heavy_name, &heavy_console);
+    wait_until_spinning(&daemon, light_name, &light_console);
     let (heavy, light) = (vmm_of(&daemon, heavy_name), vmm_of(&daemon, light_name));
     assert_threads_in_group(heavy, heavy_name);
     assert_threads_in_group(light, light_name);
