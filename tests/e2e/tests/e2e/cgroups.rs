@@ -128,17 +128,25 @@ fn start_busy_vm_in(daemon: &Daemon, name: &str, shares: u64) -> PathBuf {
 }
 
 pub(crate) fn wait_for_file_text(path: &Path, text: &str, timeout: Duration) {
+    if !file_text_appears(path, text, timeout) {
+        panic!(
+            "no {text} in {}:\n{}",
+            path.display(),
+            std::fs::read_to_string(path).unwrap_or_default()
+        );
+    }
+}
+
+/// Whether `text` shows up in the file at `path` within `timeout`.
+fn file_text_appears(path: &Path, text: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        let content = std::fs::read_to_string(path).unwrap_or_default();
-        if content.contains(text) {
-            return;
+        if std::fs::read_to_string(path).is_ok_and(|c| c.contains(text)) {
+            return true;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no {text} in {}:\n{content}",
-            path.display()
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -147,24 +155,21 @@ pub(crate) fn wait_for_file_text(path: &Path, text: &str, timeout: Duration) {
 /// empty console after 240 s) fails the test with what the daemon knows of the VM, where
 /// its VMM's threads are (in KVM_RUN, or stuck elsewhere), its VMM log and the daemon's log.
 fn wait_until_spinning(daemon: &Daemon, name: &str, console: &Path) {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while !std::fs::read_to_string(console).is_ok_and(|c| c.contains("SPINNING")) {
-        if Instant::now() >= deadline {
-            let info = daemon.get::<VmInfo>(&format!("/vms/{name}"));
-            let threads = info
-                .vmm_pid
-                .map_or(String::new(), |pid| skiff_e2e::thread_states(pid as u32));
-            let vmm_log = console.with_file_name("vmm.log");
-            panic!(
-                "{name}: no SPINNING after {BOOT_TIMEOUT:?}\nVM: {info:#?}\nVMM threads: {threads}\n\
-                 console:\n{}\nVMM log:\n{}\ndaemon log:\n{}",
-                std::fs::read_to_string(console).unwrap_or_default(),
-                std::fs::read_to_string(&vmm_log).unwrap_or_default(),
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    if file_text_appears(console, "SPINNING", BOOT_TIMEOUT) {
+        return;
     }
+    let info = daemon.get::<VmInfo>(&format!("/vms/{name}"));
+    let threads = info
+        .vmm_pid
+        .map_or(String::new(), |pid| skiff_e2e::thread_states(pid as u32));
+    let vmm_log = console.with_file_name("vmm.log");
+    panic!(
+        "{name}: no SPINNING after {BOOT_TIMEOUT:?}\nVM: {info:#?}\nVMM threads: {threads}\n\
+         console:\n{}\nVMM log:\n{}\ndaemon log:\n{}",
+        std::fs::read_to_string(console).unwrap_or_default(),
+        std::fs::read_to_string(&vmm_log).unwrap_or_default(),
+        daemon.log()
+    );
 }
 
 /// The VMM of a VM the daemon started, which put it in skiff/NAME (`--cgroup`): the group's
