@@ -1,6 +1,7 @@
-//! `cargo xtask test`: what CI runs. Installs missing Debian packages, runs the unit
-//! tests of the whole workspace, a short run of each fuzz target, then the e2e suite; the output ends with the e2e
-//! runner's summary line, and the exit status is non-zero if anything failed.
+//! `cargo xtask test`: what CI runs. Installs missing Debian packages, checks formatting
+//! and clippy's lints, runs the unit tests of the whole workspace, a short run of each fuzz
+//! target, then the e2e suite; the output ends with the e2e runner's summary line, and the
+//! exit status is non-zero if anything failed.
 
 use std::process::{Command, ExitCode};
 
@@ -27,9 +28,22 @@ pub struct TestArgs {
 
 pub fn main(args: TestArgs) -> Result<ExitCode> {
     apt::ensure_installed(apt::HOST_PACKAGES)?;
+    // Lint gates: rustfmt's layout and clippy's lints (warnings are errors) fail the run.
+    let linted = cargo(&["fmt", "--all", "--", "--check"])?
+        & cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    if !linted {
+        eprintln!("error: cargo fmt --check or cargo clippy failed; running the tests anyway");
+    }
     // The harness's own unit tests run here too; its e2e test binary runs below.
-    let unit = cargo_test(&["--workspace", "--exclude", "skiff-e2e"])?
-        & cargo_test(&["-p", "skiff-e2e", "--lib"])?;
+    let unit = cargo(&["test", "--workspace", "--exclude", "skiff-e2e"])?
+        & cargo(&["test", "-p", "skiff-e2e", "--lib"])?;
     if !unit {
         eprintln!("error: unit tests failed; running the e2e suite anyway");
     }
@@ -57,7 +71,7 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
         test_args: Vec::new(),
     };
     let e2e_status = run_e2e(&e2e_args)?;
-    Ok(if unit && fuzzed && e2e_status == 0 {
+    Ok(if linted && unit && fuzzed && e2e_status == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -172,14 +186,13 @@ fn libtest_options(test_args: &[String]) -> Vec<String> {
     kept
 }
 
-/// Runs `cargo test ARGS`; true if it passed.
-fn cargo_test(args: &[&str]) -> Result<bool> {
+/// Runs `cargo ARGS` in the workspace; true if it succeeded.
+fn cargo(args: &[&str]) -> Result<bool> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .arg("test")
         .args(args)
         .current_dir(paths::workspace())
         .status()
-        .context("cannot run cargo test")?;
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
     Ok(status.success())
 }
 
