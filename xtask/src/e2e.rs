@@ -60,6 +60,7 @@ pub fn run(args: &E2eArgs) -> Result<Finished> {
         Mode::Direct => Ok(Finished {
             status: run_direct(&assets, &tests, &test_args)?,
             failed: Vec::new(),
+            retries: Vec::new(),
         }),
         Mode::Emulated => {
             let mut payload = Payload::default();

@@ -166,6 +166,8 @@ pub struct Finished {
     pub status: i32,
     /// The failed tests, when the command was a libtest executable.
     pub failed: Vec<FailedTest>,
+    /// The retries the tests announced (`TEST: why` each).
+    pub retries: Vec<String>,
 }
 
 /// Boots the host, runs `payload.command` in it, streams its console and returns the
@@ -227,6 +229,7 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                         return Ok(Finished {
                             status,
                             failed: console.report().failed().to_vec(),
+                            retries: console.report().retries().to_vec(),
                         });
                     }
                 }

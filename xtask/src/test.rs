@@ -79,15 +79,59 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
 }
 
 /// Runs the e2e suite, giving the emulated host's known faults one second chance each;
-/// returns the test executable's exit status.
+/// returns the test executable's exit status. Every retry is counted and the count printed
+/// last (`SKIFF-E2E-RETRIES: …`), so that no retry goes unseen.
 pub fn run_e2e(args: &E2eArgs) -> Result<i32> {
+    let mut retries = Retries::default();
+    let status = run_e2e_counting(args, &mut retries);
+    retries.print();
+    status
+}
+
+/// What a suite run retried.
+#[derive(Default)]
+struct Retries {
+    /// Steps the tests retried themselves (`SKIFF-E2E-RETRY`): `TEST: why` each.
+    in_tests: Vec<String>,
+    /// Tests run once more in a fresh emulated host (`SKIFF-E2E-RERUN`).
+    reruns: Vec<String>,
+}
+
+impl Retries {
+    fn print(&self) {
+        let tests: std::collections::BTreeSet<&str> = self
+            .in_tests
+            .iter()
+            .filter_map(|r| r.split_once(": ").map(|(test, _)| test))
+            .chain(self.reruns.iter().map(String::as_str))
+            .collect();
+        println!(
+            "SKIFF-E2E-RETRIES: {} test(s) needed a retry{}: {} guest boot(s) retried inside tests, \
+             {} test(s) rerun in a fresh host",
+            tests.len(),
+            if tests.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", tests.into_iter().collect::<Vec<_>>().join(", "))
+            },
+            self.in_tests.len(),
+            self.reruns.len()
+        );
+    }
+}
+
+fn run_e2e_counting(args: &E2eArgs, retries: &mut Retries) -> Result<i32> {
     let first = match e2e::run(args) {
         Ok(finished) => finished,
         Err(e) => match e.downcast::<HostFault>() {
-            Ok(fault) => return rerun_after_host_fault(args, &fault),
+            Ok(fault) => {
+                retries.in_tests.extend_from_slice(fault.report.retries());
+                return rerun_after_host_fault(args, &fault, retries);
+            }
             Err(e) => return Err(e),
         },
     };
+    retries.in_tests.extend(first.retries);
     // Tests that failed only because a guest died of a triple fault (the emulated host's
     // nested virtualization, docs/testing.md) run once more, in a fresh host; any other
     // failure fails the run as it is. Only the emulated host reports failed tests.
@@ -101,14 +145,17 @@ pub fn run_e2e(args: &E2eArgs) -> Result<i32> {
         names.join(", "),
         if names.len() == 1 { "it" } else { "them" }
     );
-    Ok(e2e::run(&exactly(args, names))?.status)
+    retries.reruns.extend(names.iter().cloned());
+    let second = e2e::run(&exactly(args, names))?;
+    retries.in_tests.extend(second.retries);
+    Ok(second.status)
 }
 
 /// The emulated host's kernel crashed or hung under the suite (not a test failing):
 /// the tests it had not finished run once more in a fresh host, so that a summary line
 /// still ends the output. Tests that had failed before run again too, to show why, but
 /// fail the run whatever the second run says. A second fault is an error.
-fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault) -> Result<i32> {
+fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault, retries: &mut Retries) -> Result<i32> {
     let settled = fault.report.settled();
     let failed: Vec<String> = fault
         .report
@@ -132,15 +179,18 @@ fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault) -> Result<i32> {
             )
         }
     );
+    // One retry, of whatever the host was running (the fault names the test when known).
+    retries.reruns.push(format!("the emulated host ({fault})"));
     let names: Vec<String> = failed.iter().cloned().chain(unfinished).collect();
     if names.is_empty() {
         return Ok(0);
     }
-    let status = e2e::run(&exactly(args, names))?.status;
+    let second = e2e::run(&exactly(args, names))?;
+    retries.in_tests.extend(second.retries);
     Ok(if failed.is_empty() {
-        status
+        second.status
     } else {
-        status.max(1)
+        second.status.max(1)
     })
 }
 

@@ -4,6 +4,9 @@
 
 /// What a Skiff VMM prints when its guest died of a triple fault.
 const TRIPLE_FAULT: &str = "guest crashed: triple fault";
+/// What a test prints, past libtest's capture, when it retries a step the emulated host
+/// broke (`skiff_e2e::retry`).
+const RETRY: &str = "SKIFF-E2E-RETRY:";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailedTest {
@@ -17,6 +20,8 @@ pub struct TestReport {
     failed: Vec<FailedTest>,
     /// Tests that passed or were ignored.
     settled: Vec<String>,
+    /// The retries tests announced (`SKIFF-E2E-RETRY: TEST: why`), in order.
+    retries: Vec<String>,
     /// The test whose captured output (`---- NAME stdout ----`) is being read.
     section: Option<String>,
     /// Reading a `failures:` list of names (which also catches a FAILED result that
@@ -26,7 +31,10 @@ pub struct TestReport {
 
 impl TestReport {
     pub fn feed(&mut self, line: &str) {
-        if let Some(name) = line
+        if let Some(retry) = line.split_once(RETRY).map(|(_, rest)| rest.trim()) {
+            // Anywhere in a line: console noise may stand before it.
+            self.retries.push(retry.to_owned());
+        } else if let Some(name) = line
             .strip_prefix("test ")
             .and_then(|rest| rest.strip_suffix(" ... FAILED"))
         {
@@ -77,6 +85,11 @@ impl TestReport {
         &self.failed
     }
 
+    /// The retries announced so far: `TEST: why` each.
+    pub fn retries(&self) -> &[String] {
+        &self.retries
+    }
+
     /// Tests whose result was `ok` or `ignored`.
     pub fn settled(&self) -> &[String] {
         &self.settled
@@ -100,6 +113,27 @@ mod tests {
             report.feed(line);
         }
         report.failed().to_vec()
+    }
+
+    #[test]
+    fn counts_the_retries_tests_announce() {
+        let mut report = TestReport::default();
+        for line in "test a ... ok\n\
+                     [ 12.0] x SKIFF-E2E-RETRY: vmm::boots: the guest died; booting it once more\n\
+                     SKIFF-E2E-RETRY: memory::ksm: again\n\
+                     test vmm::boots ... ok"
+            .lines()
+        {
+            report.feed(line);
+        }
+        assert_eq!(
+            report.retries(),
+            [
+                "vmm::boots: the guest died; booting it once more",
+                "memory::ksm: again"
+            ]
+        );
+        assert!(report.failed().is_empty());
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod disk;
 mod env;
 mod error;
 mod output;
+pub mod retry;
 mod smaps;
 mod spec;
 pub mod tiny_pvh;

@@ -215,10 +215,10 @@ impl GuestSpec {
     pub fn run(&self) -> Result<RunOutput, Error> {
         let out = self.spawn()?.wait(self.timeout)?;
         if self.vmm == Vmm::Skiff && out.triple_fault() && TestEnv::try_get()?.emulated {
-            eprintln!(
-                "SKIFF-E2E-RETRY: the guest died of a triple fault in the emulated host; \
-                 booting it once more. First run:\n{out}"
+            crate::retry::announce(
+                "the guest died of a triple fault in the emulated host; booting it once more",
             );
+            eprintln!("First run, whose guest died of a triple fault:\n{out}");
             return self.spawn()?.wait(self.timeout);
         }
         Ok(out)
