@@ -11,8 +11,6 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::service::Host;
-
 /// How often the daemon checks the logs' sizes.
 pub const CHECK_PERIOD: Duration = Duration::from_secs(2);
 /// The default limit of each log (`skiff host --log-max`).
@@ -69,14 +67,14 @@ fn tail_bytes(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Checks every VM's logs each `CHECK_PERIOD`, for as long as the daemon runs.
-pub async fn rotate_forever(host: Host) {
-    let max = host.config().log_max_bytes;
+/// Checks every VM's logs, as `log_files` lists them with the VM's name, each
+/// `CHECK_PERIOD`, rotating those past `max` bytes, for as long as the daemon runs.
+pub async fn rotate_forever(max: u64, log_files: impl Fn() -> Vec<(String, PathBuf)>) {
     let mut tick = tokio::time::interval(CHECK_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for (name, path) in host.log_files() {
+        for (name, path) in log_files() {
             match rotate_if_larger(&path, max) {
                 Ok(true) => log::info!(
                     "{name}: {} passed {max} bytes; its older part is now in {}",

@@ -93,7 +93,11 @@ pub async fn run(config: HostConfig, options: ServeOptions) -> Result<(), ServeE
         host.list().len()
     );
     tokio::spawn(crate::memory::sample_forever(host.clone()));
-    tokio::spawn(crate::log_rotation::rotate_forever(host.clone()));
+    let logs = host.clone();
+    tokio::spawn(crate::log_rotation::rotate_forever(
+        host.config().log_max_bytes,
+        move || logs.log_files(),
+    ));
     let unix_server = axum::serve(unix, crate::api::router(host.clone(), None));
     let unix_task = tokio::spawn(async move { unix_server.await });
     let tcp_task = tcp.map(|(listener, token)| {

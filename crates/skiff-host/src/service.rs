@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::error::HostError;
 use crate::jail::{self, JailConfig, JailIds};
+use crate::memory::measure::{self, ResidentMeter};
 use crate::model::{
     ConsoleFiles, Desired, Event, EventKind, ExitReason, HostMemoryStatus, HostStatus, JailInfo,
     VmInfo, VmMemoryStatus, VmState,
@@ -48,6 +49,9 @@ pub struct HostConfig {
     pub log_max_bytes: u64,
     /// Where kernels, initrds and disks may be (`image_dirs`).
     pub image_dirs: crate::image_dirs::ImageDirs,
+    /// How the daemon measures a VMM's memory itself (`memory::measure`): a VMM's own
+    /// figures are bounded by it.
+    pub meter: Arc<dyn ResidentMeter>,
 }
 
 /// The host: every VM and what the daemon knows of it.
@@ -111,6 +115,20 @@ impl VmEntry {
             Some(_) => process::only_child(p.pid),
             None => Some(p.pid),
         });
+    }
+
+    /// Keeps a VMM's stats, every figure bounded by what the daemon knows and measures
+    /// (`memory::measure`): a VMM's word is not trusted.
+    fn keep_stats(&mut self, stats: VmStats, meter: &dyn ResidentMeter) {
+        let measured = self.vmm_pid.and_then(|pid| meter.resident_bytes(pid));
+        let spec = &self.record.spec;
+        self.stats = Some(measure::bound(
+            stats,
+            spec.vcpus,
+            spec.memory.size.bytes(),
+            measured,
+            self.stats.as_ref(),
+        ));
     }
 
     fn set_state(&mut self, state: VmState) {
@@ -322,7 +340,7 @@ impl Host {
     pub fn record_stats(&self, name: &str, stats: VmStats) {
         if let Some(entry) = lock(&self.inner.vms).get_mut(name) {
             if entry.record.state.has_process() {
-                entry.stats = Some(stats);
+                entry.keep_stats(stats, self.inner.config.meter.as_ref());
             }
         }
     }
@@ -494,7 +512,7 @@ impl Host {
             }
             self.persist(name, e)
         })?;
-        crate::supervisor::watch(self.clone(), name.to_string(), generation, pidfd);
+        self.watch(name, generation, pidfd);
         Ok(generation)
     }
 
@@ -581,8 +599,8 @@ impl Host {
                             RunState::Running => VmState::Running,
                             RunState::Paused => VmState::Paused,
                         });
-                        e.stats = Some(stats);
                         e.find_vmm_pid();
+                        e.keep_stats(stats, self.inner.config.meter.as_ref());
                         self.persist_or_log(name, e);
                         self.event(name, EventKind::Started, describe_vmm(e));
                     }
@@ -744,8 +762,17 @@ impl Host {
 
     // ---- supervision ----
 
+    /// Has the supervisor report the end of the VMM process of `generation`.
+    fn watch(&self, name: &str, generation: u64, pidfd: Arc<PidFd>) {
+        let host = self.clone();
+        let vm = name.to_string();
+        crate::supervisor::watch(name.to_string(), pidfd, move |pid| {
+            host.on_exit(&vm, generation, pid)
+        });
+    }
+
     /// Called by the supervisor when a VMM process of `generation` ended.
-    pub(crate) fn on_exit(&self, name: &str, generation: u64, pid: i32) {
+    fn on_exit(&self, name: &str, generation: u64, pid: i32) {
         let status_file = match self.with_vm(name, |e| Ok(e.paths.status_file())) {
             Ok(path) => path,
             Err(_) => {
@@ -880,15 +907,18 @@ impl Host {
                         (Some(s), _) if s.state == RunState::Paused => VmState::Paused,
                         _ => VmState::Running,
                     };
-                    e.stats = stats.clone();
                     e.find_vmm_pid();
+                    e.stats = None;
+                    if let Some(stats) = stats.clone() {
+                        e.keep_stats(stats, self.inner.config.meter.as_ref());
+                    }
                     e.set_state(now);
                     self.persist_or_log(name, e);
                     Ok((e.generation, describe_vmm(e)))
                 });
                 if let Ok((generation, vmm)) = adopted {
                     self.event(name, EventKind::Adopted, format!("{vmm} still running"));
-                    crate::supervisor::watch(self.clone(), name.to_string(), generation, pidfd);
+                    self.watch(name, generation, pidfd);
                     if state == VmState::Stopping {
                         let _ = client.command(ControlRequest::Stop).await;
                     }
@@ -937,5 +967,35 @@ fn describe_vmm(e: &VmEntry) -> String {
             e.paths.jail().display()
         ),
         None => format!("VMM pid {vmm}"),
+    }
+}
+
+impl crate::memory::ManagedHost for Host {
+    fn memory_config(&self) -> &crate::memory::MemoryConfig {
+        &self.inner.config.memory
+    }
+
+    fn vms(&self) -> Vec<VmInfo> {
+        self.list()
+    }
+
+    fn vmm_clients(&self) -> Vec<(String, VmmClient)> {
+        self.running_vmms()
+    }
+
+    fn keep_stats(&self, name: &str, stats: VmStats) {
+        self.record_stats(name, stats)
+    }
+
+    fn keep_memory_status(&self, host: HostMemoryStatus, vms: BTreeMap<String, VmMemoryStatus>) {
+        self.record_memory(host, vms)
+    }
+
+    async fn pause_vm(&self, name: &str) -> Result<(), HostError> {
+        self.pause(name).await.map(|_| ())
+    }
+
+    async fn resume_vm(&self, name: &str) -> Result<(), HostError> {
+        self.resume(name).await.map(|_| ())
     }
 }

@@ -4,15 +4,15 @@
 use std::sync::Arc;
 
 use crate::process::PidFd;
-use crate::service::Host;
 
-pub fn watch(host: Host, name: String, generation: u64, pidfd: Arc<PidFd>) {
+/// Waits for the process of `pidfd` (VM `name`) to end, then calls `on_exit` with its PID.
+pub fn watch(name: String, pidfd: Arc<PidFd>, on_exit: impl FnOnce(i32) + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = pidfd.exited().await {
             // Cannot happen for a valid pidfd; without it the VM would be unsupervised.
             log::error!("{name}: cannot wait for VMM pid {}: {e}", pidfd.pid());
             return;
         }
-        host.on_exit(&name, generation, pidfd.pid());
+        on_exit(pidfd.pid());
     });
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use skiff_api::control::{ControlRequest, ControlResponse, VmStats};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use skiff_api::memory::RECLAIM_DEADLINE;
@@ -20,7 +20,10 @@ use crate::jail::JailIds;
 use crate::store::VmPaths;
 
 /// A VMM that does not answer a control request in this time is treated as not answering.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest control answer read (a stats answer is about 2 KiB): a VMM taken over by its
+/// guest must not make the root daemon buffer without end.
+pub const MAX_ANSWER_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -72,12 +75,19 @@ impl VmmClient {
             .write_all(line.as_bytes())
             .await
             .map_err(unreachable)?;
-        let mut answer = String::new();
-        BufReader::new(stream)
-            .read_line(&mut answer)
+        let mut answer = Vec::new();
+        BufReader::new(stream.take(MAX_ANSWER_BYTES))
+            .read_until(b'\n', &mut answer)
             .await
             .map_err(unreachable)?;
-        serde_json::from_str(answer.trim()).map_err(|e| ControlError::BadResponse(e.to_string()))
+        if answer.last() != Some(&b'\n') && answer.len() as u64 == MAX_ANSWER_BYTES {
+            return Err(ControlError::BadResponse(format!(
+                "no end of line within {} KiB",
+                MAX_ANSWER_BYTES >> 10
+            )));
+        }
+        serde_json::from_slice(answer.trim_ascii())
+            .map_err(|e| ControlError::BadResponse(e.to_string()))
     }
 
     /// Sends a request that answers with nothing but ok.

@@ -51,6 +51,7 @@ async fn daemon_with(
         jail,
         log_max_bytes: skiff_host::log_rotation::DEFAULT_MAX_BYTES,
         image_dirs: skiff_host::image_dirs::ImageDirs::unrestricted(),
+        meter: std::sync::Arc::new(skiff_host::memory::measure::ProcMeter),
     };
     let host = Host::open(config).await.expect("host");
     let socket = dir.path().join("api.sock");

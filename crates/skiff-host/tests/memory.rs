@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use skiff_api::balloon::BalloonStats;
 use skiff_api::control::{ControlRequest, ControlResponse, RunState, VmStats};
+use skiff_host::memory::measure::ResidentMeter;
 use skiff_host::memory::{FreeState, MemoryConfig};
 use skiff_host::model::VmState;
 use skiff_host::{Host, HostConfig};
@@ -31,6 +32,17 @@ fn stats() -> VmStats {
         working_set: None,
         sharing: Default::default(),
         reclaim: Default::default(),
+    }
+}
+
+/// The stand-in VMM only sleeps: the daemon's own measurement of it (which bounds what the
+/// VMM reports) is what a VMM holding 1010 MiB would show.
+#[derive(Debug)]
+struct Measured(u64);
+
+impl ResidentMeter for Measured {
+    fn resident_bytes(&self, _pid: i32) -> Option<u64> {
+        Some(self.0)
     }
 }
 
@@ -92,6 +104,7 @@ async fn daemon() -> (Host, tempfile::TempDir, String) {
         jail: None,
         log_max_bytes: skiff_host::log_rotation::DEFAULT_MAX_BYTES,
         image_dirs: skiff_host::image_dirs::ImageDirs::unrestricted(),
+        meter: Arc::new(Measured(1010 * MIB)),
     })
     .await
     .expect("host");

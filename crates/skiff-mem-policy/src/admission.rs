@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::saturating_sum;
+
 /// What admitting a VM reserves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
@@ -75,7 +77,7 @@ pub fn admit(
             max: candidate.max_bytes,
         });
     }
-    let reserved: u64 = admitted.iter().map(Reservation::memory).sum();
+    let reserved = saturating_sum(admitted.iter().map(Reservation::memory));
     let available = host.budget_bytes.saturating_sub(reserved);
     if candidate.memory() > available {
         return Err(AdmissionError::Memory {
@@ -86,7 +88,7 @@ pub fn admit(
             budget: host.budget_bytes,
         });
     }
-    let promised: u64 = admitted.iter().map(Reservation::reclaimable).sum();
+    let promised = saturating_sum(admitted.iter().map(Reservation::reclaimable));
     let available = host.reclaim_capacity_bytes.saturating_sub(promised);
     if candidate.reclaimable() > available {
         return Err(AdmissionError::ReclaimCapacity {

@@ -28,6 +28,7 @@
 use crate::config::{PolicyConfig, PAGE_SIZE};
 use crate::idle_tax::PageCost;
 use crate::input::VmInput;
+use crate::saturating_sum;
 
 /// One VM's result.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -55,7 +56,7 @@ pub fn allocate(vms: &[VmInput], budget: u64, config: &PolicyConfig) -> (Vec<VmT
         .iter()
         .map(|vm| vm.demand_bytes(config.demand_headroom))
         .collect();
-    let mins_exceed_budget = vms.iter().map(|vm| vm.min_bytes).sum::<u64>() > budget;
+    let mins_exceed_budget = saturating_sum(vms.iter().map(|vm| vm.min_bytes)) > budget;
 
     let claims = |lower: &dyn Fn(usize) -> f64, upper: &dyn Fn(usize) -> f64| -> Vec<Claim> {
         (0..vms.len())
@@ -70,7 +71,7 @@ pub fn allocate(vms: &[VmInput], budget: u64, config: &PolicyConfig) -> (Vec<VmT
     let budget_f = budget as f64;
     let below_demand = claims(&|i| vms[i].min_bytes as f64, &|i| demands[i] as f64);
     let mut exact = water_fill(&below_demand, budget_f);
-    if demands.iter().sum::<u64>() <= budget {
+    if saturating_sum(demands.iter().copied()) <= budget {
         let above_demand = claims(&|i| demands[i] as f64, &|i| vms[i].max_bytes as f64);
         exact = water_fill(&above_demand, budget_f);
     }
@@ -170,7 +171,7 @@ fn water_fill(claims: &[Claim], budget: f64) -> Vec<f64> {
 /// from the lowest ρ first (equal ρ: the name that sorts first), never below a min.
 fn trim_to_budget(vms: &[VmInput], costs: &[PageCost], targets: &mut [u64], budget: u64) {
     loop {
-        let excess = targets.iter().sum::<u64>().saturating_sub(budget);
+        let excess = saturating_sum(targets.iter().copied()).saturating_sub(budget);
         if excess == 0 {
             return;
         }

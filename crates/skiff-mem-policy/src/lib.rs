@@ -36,3 +36,9 @@ pub use ksm::{opportunity, tune_ksm, KsmObservation, KsmSettings, KsmTuning};
 pub use plan::{MemoryPolicy, Plan, VmPlan};
 pub use state::FreeState;
 pub use working_set::{WorkingSetEstimator, WorkingSetParams, WorkingSetParamsError};
+
+/// The sum of byte counts, at most `u64::MAX`: the inputs come from other processes, and one
+/// absurd figure must not wrap a total (or panic a debug build).
+pub fn saturating_sum(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0, u64::saturating_add)
+}

@@ -6,6 +6,7 @@ use crate::actions::{actions_for, Action};
 use crate::allocation::{allocate, VmTarget};
 use crate::config::{ConfigError, PolicyConfig};
 use crate::input::{validate_all, HostInput, InputError, VmInput};
+use crate::saturating_sum;
 use crate::state::FreeState;
 
 /// The policy with its one piece of memory: the free-memory state (for hysteresis).
@@ -92,7 +93,7 @@ impl MemoryPolicy {
 
 /// The budget less overheads less the high threshold's free memory.
 fn allocatable_bytes(config: &PolicyConfig, budget: u64, vms: &[VmInput]) -> u64 {
-    let overheads: u64 = vms.iter().map(|vm| vm.overhead_bytes).sum();
+    let overheads = saturating_sum(vms.iter().map(|vm| vm.overhead_bytes));
     let kept_free = (budget as f64 * config.thresholds.high).ceil() as u64;
     budget.saturating_sub(overheads).saturating_sub(kept_free)
 }

@@ -215,6 +215,7 @@ fn serve(args: DaemonArgs) -> Result<u8> {
         memory,
         jail,
         image_dirs,
+        meter: std::sync::Arc::new(skiff_host::memory::measure::ProcMeter),
         log_max_bytes: args
             .log_max
             .map_or(skiff_host::log_rotation::DEFAULT_MAX_BYTES, ByteSize::bytes)

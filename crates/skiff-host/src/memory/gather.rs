@@ -77,10 +77,10 @@ pub(super) fn host_input(
     mem_available: u64,
     swap_free: u64,
 ) -> HostInput {
-    let used: u64 = vms
+    let used = vms
         .iter()
         .map(|vm| vm.allocated_bytes.saturating_add(vm.overhead_bytes))
-        .sum();
+        .fold(0, u64::saturating_add);
     HostInput {
         budget_bytes: budget,
         free_bytes: budget.saturating_sub(used).min(mem_available),

@@ -11,9 +11,9 @@ use skiff_mem_policy::{Action, HostInput, KsmTuning, MemoryPolicy, Plan, VmInput
 use super::config::MemoryConfig;
 use super::gather;
 use super::ksm::{KsmTuner, KSM_SYSFS};
+use super::ManagedHost;
 use crate::model::{HostMemoryStatus, VmInfo, VmMemoryStatus, VmState};
 use crate::process;
-use crate::service::Host;
 
 const MIB: u64 = 1 << 20;
 
@@ -54,9 +54,9 @@ impl Manager {
     }
 
     /// One period over the VMs' latest stats (sampled just before).
-    pub(super) async fn run_period(&mut self, host: &Host) {
+    pub(super) async fn run_period(&mut self, host: &impl ManagedHost) {
         let vms: Vec<VmInfo> = host
-            .list()
+            .vms()
             .into_iter()
             .filter(|vm| matches!(vm.state, VmState::Running | VmState::Paused))
             .filter(|vm| vm.stats.is_some())
@@ -104,18 +104,21 @@ impl Manager {
             self.carry_out(host, &vms, &name, step).await;
         }
         let (mut host_status, vm_status) = status(&plan, &inputs, &host_input, &self.paused);
-        let mergeable: u64 = inputs.iter().map(|vm| vm.allocated_bytes / PAGE_SIZE).sum();
+        let mergeable = inputs
+            .iter()
+            .map(|vm| vm.allocated_bytes / PAGE_SIZE)
+            .fold(0, u64::saturating_add);
         let stats: Vec<_> = vms.iter().filter_map(|vm| vm.stats.as_ref()).collect();
         let shareable = gather::shareable_fraction(&stats);
         host_status.ksm = self.ksm.period(super::SAMPLE_PERIOD, mergeable, shareable);
-        host.record_memory(host_status, vm_status);
+        host.keep_memory_status(host_status, vm_status);
     }
 
     /// VMs started before (by a daemon with another `--sharing-domain`, or adopted) may be
     /// mergeable outside the host's sharing domain: turn those off first, and only once
     /// none is left turn sharing on for the domain's VMs that lack it, so two domains are
     /// never mergeable at the same time.
-    async fn keep_one_sharing_domain(&self, host: &Host, vms: &[VmInfo]) {
+    async fn keep_one_sharing_domain(&self, host: &impl ManagedHost, vms: &[VmInfo]) {
         let (off, on) = sharing_changes(&self.config, vms);
         let mut all_off = true;
         for name in off {
@@ -128,7 +131,7 @@ impl Manager {
         }
     }
 
-    async fn carry_out(&mut self, host: &Host, vms: &[VmInfo], name: &str, step: Step) {
+    async fn carry_out(&mut self, host: &impl ManagedHost, vms: &[VmInfo], name: &str, step: Step) {
         match step {
             Step::Balloon { target_mib } => {
                 if let Some(client) = client_of(host, name) {
@@ -170,14 +173,14 @@ impl Manager {
                     return;
                 }
                 log::info!("{name}: paused by the memory manager until under its target");
-                match host.pause(name).await {
+                match host.pause_vm(name).await {
                     Ok(_) => {
                         self.paused.insert(name.to_string());
                     }
                     Err(e) => log::warn!("{name}: cannot pause: {e}"),
                 }
             }
-            Step::Resume => match host.resume(name).await {
+            Step::Resume => match host.resume_vm(name).await {
                 Ok(_) => {
                     self.paused.remove(name);
                 }
@@ -204,7 +207,7 @@ pub(super) fn sharing_changes(config: &MemoryConfig, vms: &[VmInfo]) -> (Vec<Str
 }
 
 /// Asks a VMM to turn page sharing on or off; true if it did.
-async fn set_page_sharing(host: &Host, name: &str, enabled: bool) -> bool {
+async fn set_page_sharing(host: &impl ManagedHost, name: &str, enabled: bool) -> bool {
     let Some(client) = client_of(host, name) else {
         return false;
     };
@@ -230,8 +233,8 @@ async fn set_page_sharing(host: &Host, name: &str, enabled: bool) -> bool {
     }
 }
 
-fn client_of(host: &Host, name: &str) -> Option<crate::vmm::VmmClient> {
-    host.running_vmms()
+fn client_of(host: &impl ManagedHost, name: &str) -> Option<crate::vmm::VmmClient> {
+    host.vmm_clients()
         .into_iter()
         .find(|(n, _)| n == name)
         .map(|(_, client)| client)
