@@ -13,14 +13,16 @@ use sha2::{Digest, Sha256};
 use crate::cmd;
 use crate::paths;
 
-/// Debian packages the host side needs (for QEMU, busybox, mke2fs and cpio; python3-venv for
-/// the OpenAPI validator that skiff-host's tests install from PyPI).
+/// Debian packages the host side needs (for QEMU, busybox, mke2fs and cpio; qemu-img for
+/// skiff-images' tests; python3-venv for the OpenAPI validator that skiff-host's tests
+/// install from PyPI).
 pub const HOST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
     "e2fsprogs",
     "python3-venv",
+    "qemu-utils",
 ];
 
 /// Set once `apt-get update` ran in this process, so it runs at most once.
