@@ -3,9 +3,11 @@
 //! process per VM with a restart policy, state on disk that survives daemon restarts (running
 //! VMMs are adopted again), and Prometheus metrics. docs/daemon.md describes it.
 
+pub mod access;
 pub mod api;
 mod cgroups;
 pub mod client;
+pub mod connections;
 pub mod error;
 pub mod image_dirs;
 pub mod jail;

@@ -1,5 +1,6 @@
 //! Running the daemon: the state-directory lock, the unix socket (and optional TCP listener
-//! with a bearer token), the sampling loop, and shutdown on SIGINT/SIGTERM. Shutting the daemon
+//! with a bearer token, loopback only), served within `connections`' limits, the sampling
+//! loop, and shutdown on SIGINT/SIGTERM. Shutting the daemon
 //! down leaves every VMM running: they are in their own sessions and a new daemon adopts them.
 
 use std::fs::File;
@@ -35,6 +36,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Host(#[from] crate::error::HostError),
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
 }
 
 fn io_err(
@@ -75,6 +78,13 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: HostConfig, options: ServeOptions) -> Result<(), ServeError> {
+    if let Some((addr, _)) = &options.tcp {
+        crate::access::check_listen(*addr)?;
+    }
+    match crate::connections::raise_fd_limit() {
+        Ok(limit) => log::debug!("skiff host: up to {limit} open files"),
+        Err(e) => log::warn!("skiff host: cannot raise the open-file limit: {e}"),
+    }
     let _lock = lock_state_dir(&config.state_dir)?;
     let unix = bind_unix(&options.socket, options.socket_mode)?;
     let tcp = match &options.tcp {
@@ -98,15 +108,16 @@ pub async fn run(config: HostConfig, options: ServeOptions) -> Result<(), ServeE
         host.config().log_max_bytes,
         move || logs.log_files(),
     ));
-    let unix_server = axum::serve(unix, crate::api::router(host.clone(), None));
-    let unix_task = tokio::spawn(async move { unix_server.await });
+    use crate::connections::{serve_tcp, serve_unix, MAX_TCP_CONNECTIONS, MAX_UNIX_CONNECTIONS};
+    let router = crate::api::router(host.clone(), None);
+    let unix_task = tokio::spawn(serve_unix(unix, router, MAX_UNIX_CONNECTIONS));
     let tcp_task = tcp.map(|(listener, token)| {
         log::info!(
             "skiff host: also on tcp {:?} (bearer token required)",
             listener.local_addr()
         );
-        let server = axum::serve(listener, crate::api::router(host.clone(), Some(token)));
-        tokio::spawn(async move { server.await })
+        let router = crate::api::router(host.clone(), Some(token));
+        tokio::spawn(serve_tcp(listener, router, MAX_TCP_CONNECTIONS))
     });
     let mut term = signal(SignalKind::terminate()).map_err(io_err("cannot handle", "SIGTERM"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("cannot handle", "SIGINT"))?;

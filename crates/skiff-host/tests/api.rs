@@ -3,14 +3,13 @@
 //! chosen status or keeps running without a control socket).
 
 use std::collections::BTreeSet;
-use std::future::IntoFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use skiff_host::jail::JailConfig;
 use skiff_host::model::{Event, EventKind, VmInfo, VmState};
-use skiff_host::{api, Client, Endpoint, Host, HostConfig};
+use skiff_host::{api, connections, Client, Endpoint, Host, HostConfig};
 
 struct Daemon {
     dir: tempfile::TempDir,
@@ -56,16 +55,22 @@ async fn daemon_with(
     let host = Host::open(config).await.expect("host");
     let socket = dir.path().join("api.sock");
     let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-    tokio::spawn(axum::serve(listener, api::router(host.clone(), None)).into_future());
+    tokio::spawn(connections::serve_unix(
+        listener,
+        api::router(host.clone(), None),
+        connections::MAX_UNIX_CONNECTIONS,
+    ));
     let tcp = match token {
         Some(token) => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
-            tokio::spawn(
-                axum::serve(listener, api::router(host.clone(), Some(token.into()))).into_future(),
-            );
+            tokio::spawn(connections::serve_tcp(
+                listener,
+                api::router(host.clone(), Some(token.into())),
+                connections::MAX_TCP_CONNECTIONS,
+            ));
             Some(addr.to_string())
         }
         None => None,

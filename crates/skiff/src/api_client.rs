@@ -31,12 +31,8 @@ impl DaemonAddress {
                     .token_file
                     .as_ref()
                     .context("--tcp needs --token-file")?;
-                let token = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                Ok(Client::new(
-                    Endpoint::Tcp(addr.clone()),
-                    Some(token.trim().to_string()),
-                ))
+                let token = skiff_host::access::read_token_file(path)?;
+                Ok(Client::new(Endpoint::Tcp(addr.clone()), Some(token)))
             }
             None => Ok(Client::new(Endpoint::Unix(self.socket.clone()), None)),
         }

@@ -48,10 +48,12 @@ struct DaemonArgs {
     /// Permissions of the unix socket, in octal (0600: root only).
     #[arg(long, default_value = "600", value_name = "MODE")]
     socket_mode: String,
-    /// Also serve the API over TCP on this address (requires --token-file).
+    /// Also serve the API over TCP on this address (requires --token-file; loopback only:
+    /// the API is clear text).
     #[arg(long, value_name = "ADDR:PORT", requires = "token_file")]
     listen: Option<SocketAddr>,
-    /// The bearer token TCP clients must present (the file's first line).
+    /// The bearer token TCP clients must present (the file's first line; mode 0600 or
+    /// stricter).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// The `skiff` binary that runs VMs [default: this program].
@@ -176,15 +178,8 @@ fn serve(args: DaemonArgs) -> Result<u8> {
         .with_context(|| format!("--socket-mode {} is not an octal mode", args.socket_mode))?;
     let tcp = match (args.listen, &args.token_file) {
         (Some(addr), Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?;
-            let token = text.lines().next().unwrap_or("").trim().to_string();
-            anyhow::ensure!(
-                token.len() >= 16,
-                "the token in {} is shorter than 16 characters",
-                path.display()
-            );
-            Some((addr, token))
+            skiff_host::access::check_listen(addr)?;
+            Some((addr, skiff_host::access::read_token_file(path)?))
         }
         _ => None,
     };

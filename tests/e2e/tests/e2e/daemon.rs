@@ -4,6 +4,7 @@
 //! rebooting their guests; bad input; TCP without the token; 20 concurrent API clients.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -69,6 +70,9 @@ impl Daemon {
         if let Some(addr) = tcp {
             let token_file = dir.join("token");
             std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+            // The daemon refuses a token file others can read.
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod token file");
             command
                 .arg("--listen")
                 .arg(addr)
