@@ -39,9 +39,9 @@ pub fn backing_of(path: &Path) -> io::Result<Option<PathBuf>> {
     }))
 }
 
-/// The canonical paths of `path`'s backing files, nearest first; every one of them must
-/// be inside `store` (canonical). `path` itself is a qcow2 file.
-pub fn walk_chain(path: &Path, store: &Path) -> Result<Vec<PathBuf>, ImageError> {
+/// The canonical paths of `path`'s backing files, nearest first; with `store` (canonical),
+/// every one of them must be inside it. `path` itself is a qcow2 file.
+pub fn walk_chain(path: &Path, store: Option<&Path>) -> Result<Vec<PathBuf>, ImageError> {
     let shown = path.display().to_string();
     let first = path.canonicalize().map_err(|source| ImageError::Read {
         path: shown.clone(),
@@ -98,7 +98,8 @@ pub fn walk_chain(path: &Path, store: &Path) -> Result<Vec<PathBuf>, ImageError>
         }
         current = canonical;
     }
-    if let Some(outside) = chain[1..].iter().find(|p| !p.starts_with(store)) {
+    let outside = store.and_then(|store| chain[1..].iter().find(|p| !p.starts_with(store)));
+    if let Some(outside) = outside {
         return Err(ImageError::BackingOutsideStore {
             path: shown,
             backing: outside.display().to_string(),
@@ -115,6 +116,31 @@ fn is_qcow2(path: &Path) -> Result<bool, ImageError> {
         detect_format(&head[..n]),
         Probed::Format(SourceFormat::Qcow2)
     ))
+}
+
+/// Opens the qcow2 image at `path` with its backing chain, checked as an import checks it
+/// (no loop, at most `MAX_CHAIN` deep, no external data file), but wherever the backing
+/// files are. With `writable` the image itself is opened read-write; backing files are
+/// always read-only. `file` is `path` already open (a disk the caller locked).
+pub fn open_qcow2(
+    path: &Path,
+    file: std::fs::File,
+    writable: bool,
+) -> Result<FormatAccess<File>, ImageError> {
+    let allowed = walk_chain(path, None)?;
+    let opts = StorageOpenOptions::new().filename(path).write(writable);
+    let storage = File::from_open_file(file, opts).map_err(|e| ImageError::Read {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    Qcow2::<File>::builder(storage)
+        .write(writable)
+        .open(ChainGate { allowed })
+        .map(FormatAccess::new)
+        .map_err(|e| ImageError::CorruptQcow2 {
+            path: path.display().to_string(),
+            reason: one_line(&e),
+        })
 }
 
 /// imago's error, which nests its context with ": ", on one line.

@@ -198,7 +198,7 @@ impl Store {
                 })
                 .map(FormatAccess::new),
             SourceFormat::Qcow2 => {
-                let mut allowed = walk_chain(source, &self.blobs())?;
+                let mut allowed = walk_chain(source, Some(&self.blobs()))?;
                 allowed.push(itself);
                 Qcow2::<File>::builder_path(source)
                     .open(ChainGate { allowed })

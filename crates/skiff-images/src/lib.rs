@@ -25,6 +25,7 @@ mod probe;
 mod store;
 
 pub use error::ImageError;
+pub use gate::{backing_of, open_qcow2, MAX_CHAIN};
 pub use overlay::OVERLAY_EXTENSION;
 pub use probe::{Layout, SourceFormat};
 pub use store::{ImageInfo, Progress, Store};
