@@ -26,6 +26,8 @@ pub enum ImageError {
     ChainTooDeep { path: String, max: usize },
     #[error("{path} keeps its data in an external data file, which Skiff does not import")]
     ExternalDataFile { path: String },
+    #[error("{why}")]
+    NoKernel { why: String },
     #[error("invalid name {name:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'")]
     BadName { name: String },
     #[error(

@@ -16,10 +16,11 @@ use imago::raw::Raw;
 use imago::{FormatAccess, FormatDriverBuilder};
 use sha2::{Digest, Sha256};
 
+use crate::boot::{find_boot, BootFiles};
 use crate::error::ImageError;
 use crate::gate::{one_line, walk_chain, ChainGate};
 use crate::probe::{detect_format, detect_layout, Probed, SourceFormat, LAYOUT_PROBE_BYTES};
-use crate::store::{disk_usage, valid_name, ImageInfo, Progress, Store};
+use crate::store::{disk_usage, valid_name, ImageInfo, Progress, Store, INITRD_FILE, KERNEL_FILE};
 
 /// Bytes read, hashed and written per step.
 const CHUNK: usize = 1 << 20;
@@ -126,7 +127,9 @@ impl Store {
             .map_err(|e| self.read_error(source, format, &e))?;
         drop(disk);
 
+        let boot = find_boot(&tmp.0, &shown).map_err(|e| ImageError::NoKernel { why: e.0 })?;
         let blob = self.blob_path(&digest);
+        self.store_boot_files(&digest, &boot)?;
         if !blob.exists() {
             fs::set_permissions(&tmp.0, fs::Permissions::from_mode(0o444))
                 .and_then(|()| fs::rename(&tmp.0, &blob))
@@ -145,6 +148,7 @@ impl Store {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             layout,
+            boot: boot.entry,
             imported_at,
             names: Vec::new(),
             users: Vec::new(),
@@ -160,6 +164,28 @@ impl Store {
         self.add_name(&name, &digest)?;
         info = self.inspect(&digest)?;
         Ok(info)
+    }
+
+    /// Puts the kernel and initrd of image `digest` in boot/HEX/ (kernel, initrd), unless
+    /// they are there: written in tmp/ and renamed into place as one directory.
+    fn store_boot_files(&self, digest: &str, boot: &BootFiles) -> Result<(), ImageError> {
+        let dir = self.boot_dir(digest);
+        if dir.exists() {
+            return Ok(());
+        }
+        let tmp = self.tmp_path("boot");
+        let written = fs::create_dir(&tmp)
+            .and_then(|()| fs::write(tmp.join(KERNEL_FILE), &boot.kernel))
+            .and_then(|()| match &boot.initrd {
+                Some(initrd) => fs::write(tmp.join(INITRD_FILE), initrd),
+                None => Ok(()),
+            })
+            .and_then(|()| fs::rename(&tmp, &dir));
+        if let Err(e) = written {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(ImageError::store(&dir, e));
+        }
+        Ok(())
     }
 
     /// Points `name` at `digest`, unless it exists already (atomically: a hard link of a

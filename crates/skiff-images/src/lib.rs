@@ -17,6 +17,7 @@
 //! Which VMs use an image is read from the overlays' own qcow2 headers, so it cannot drift
 //! from what the VMs really read.
 
+mod boot;
 mod error;
 mod gate;
 mod import;
@@ -24,6 +25,7 @@ mod overlay;
 mod probe;
 mod store;
 
+pub use boot::{find_boot, BootEntry, BootError, BootFiles};
 pub use error::ImageError;
 pub use gate::{backing_of, open_qcow2, MAX_CHAIN};
 pub use overlay::OVERLAY_EXTENSION;

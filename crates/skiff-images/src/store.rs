@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::boot::BootEntry;
 use crate::error::ImageError;
 use crate::probe::{Layout, SourceFormat};
 
@@ -30,6 +31,8 @@ pub struct ImageInfo {
     /// The imported file's name (its last path component).
     pub source_file: String,
     pub layout: Layout,
+    /// The image's own kernel, and how to boot it.
+    pub boot: BootEntry,
     /// Seconds since the Unix epoch.
     pub imported_at: u64,
     #[serde(default)]
@@ -44,7 +47,11 @@ pub struct Store {
     pub(crate) root: PathBuf,
 }
 
-const DIRS: [&str; 5] = ["blobs", "meta", "names", "overlays", "tmp"];
+const DIRS: [&str; 6] = ["blobs", "boot", "meta", "names", "overlays", "tmp"];
+
+/// File names of an image's kernel and initrd in boot/HEX/.
+pub const KERNEL_FILE: &str = "kernel";
+pub const INITRD_FILE: &str = "initrd";
 
 impl Store {
     /// Opens the store at `root`, creating its directories, and removes what an interrupted
@@ -61,7 +68,12 @@ impl Store {
         let tmp = store.root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(|e| ImageError::store(&tmp, e))? {
             let path = entry.map_err(|e| ImageError::store(&tmp, e))?.path();
-            fs::remove_file(&path).map_err(|e| ImageError::store(&path, e))?;
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| ImageError::store(&path, e))?;
         }
         Ok(store)
     }
@@ -77,6 +89,17 @@ impl Store {
     /// The stored virtual disk of the image with this digest.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         self.blobs().join(blob_file_name(digest))
+    }
+
+    pub(crate) fn boot_dir(&self, digest: &str) -> PathBuf {
+        self.root.join("boot").join(digest)
+    }
+
+    /// The image's kernel and, if it has one, its initrd, as files in the store.
+    pub fn boot_files(&self, digest: &str) -> (PathBuf, Option<PathBuf>) {
+        let dir = self.boot_dir(digest);
+        let initrd = dir.join(INITRD_FILE);
+        (dir.join(KERNEL_FILE), initrd.exists().then_some(initrd))
     }
 
     fn meta_path(&self, digest: &str) -> PathBuf {
@@ -222,6 +245,13 @@ impl Store {
                     }
                     _ => {}
                 }
+            }
+            let boot = self.boot_dir(&info.digest);
+            match fs::remove_dir_all(&boot) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(ImageError::store(&boot, e))
+                }
+                _ => {}
             }
         }
         Ok(info)

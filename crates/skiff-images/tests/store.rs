@@ -35,12 +35,14 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// An 8 MiB ext4 file system holding a few files.
+/// An 8 MiB ext4 file system holding a few files and a (pretend) kernel in /boot.
 fn ext4(dir: &Path) -> PathBuf {
     let content = dir.join("content");
     fs::create_dir_all(content.join("boot")).expect("dir");
     fs::write(content.join("hello.txt"), "hello from the image\n").expect("file");
-    fs::write(content.join("boot/data"), vec![0xa5u8; 300_000]).expect("file");
+    let mut kernel = vec![0xa5u8; 300_000];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    fs::write(content.join("boot/vmlinuz-6.1.0-9-test"), &kernel).expect("file");
     let image = dir.join("disk.raw");
     run(
         "mke2fs",
