@@ -34,6 +34,8 @@ mod net;
 mod overcommit;
 #[path = "e2e/page_sharing.rs"]
 mod page_sharing;
+#[path = "e2e/qmp.rs"]
+mod qmp;
 #[path = "e2e/robustness.rs"]
 mod robustness;
 #[path = "e2e/root.rs"]

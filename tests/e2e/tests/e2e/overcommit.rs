@@ -8,7 +8,7 @@
 //! VMs stay within the budget, that no VM is ever held below its min, that a VM whose min
 //! does not fit is refused with the numbers, and that neither the host nor a guest OOM-kills.
 //!
-//! `overcommit::six_vms_in_a_2_gib_budget` runs for 75 s in the suite;
+//! `overcommit::six_vms_in_a_2_gib_budget` runs for 75 s in every suite run;
 //! `overcommit::six_vms_in_a_2_gib_budget_for_five_minutes` is the 5-minute experiment
 //! (`#[ignore]`: `cargo xtask e2e overcommit -- --ignored --nocapture`). Both print each
 //! sample as an `OVERCOMMIT-CSV` line; docs/experiments.md has a run and its plot.
@@ -349,7 +349,6 @@ fn check_no_oom(infos: &[VmInfo]) {
 }
 
 #[test]
-#[ignore = "the emulated host is not reliable under six guests (one 5-minute run in five passed, session 4): run explicitly; see docs/experiments.md"]
 fn six_vms_in_a_2_gib_budget() {
     run(Duration::from_secs(75));
 }
