@@ -61,6 +61,13 @@ pub fn only_child(pid: i32) -> Option<i32> {
     }
 }
 
+/// The parent of process `pid`.
+pub fn parent(pid: i32) -> Option<i32> {
+    stat_field(&stat_fields(pid).ok()?, 4)
+        .ok()
+        .and_then(|p| i32::try_from(p).ok())
+}
+
 /// A process is "the same" if it exists with the recorded start time and is not a zombie.
 pub fn is_same_process(pid: i32, recorded_start: u64) -> bool {
     match stat_fields(pid) {

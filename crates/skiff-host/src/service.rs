@@ -410,8 +410,14 @@ impl Host {
     }
 
     pub async fn start(&self, name: &str) -> Result<VmInfo, HostError> {
-        self.admit(name)?;
-        self.with_vm(name, |e| {
+        {
+            // Admission and the reservation (state `starting`) under one lock: two starts
+            // at once cannot both fit into what only one of them fits.
+            let mut vms = lock(&self.inner.vms);
+            self.admit(&vms, name)?;
+            let e = vms
+                .get_mut(name)
+                .ok_or_else(|| HostError::NotFound(name.to_string()))?;
             if e.record.state.has_process() {
                 return Err(HostError::Conflict(format!(
                     "VM `{name}` is already {}",
@@ -423,8 +429,8 @@ impl Host {
             e.record.reason = None;
             e.failures_in_a_row = 0;
             e.set_state(VmState::Starting);
-            self.persist(name, e)
-        })?;
+            self.persist(name, e)?;
+        }
         let generation = self.launch(name)?;
         self.wait_ready(name, generation).await;
         self.with_vm(name, |e| Ok(e.info(name)))
@@ -432,8 +438,7 @@ impl Host {
 
     /// Admission control: the VM's min and overhead must fit beside the VMs that have (or
     /// are about to have) a VMM (docs/memory.md).
-    fn admit(&self, name: &str) -> Result<(), HostError> {
-        let vms = lock(&self.inner.vms);
+    fn admit(&self, vms: &BTreeMap<String, VmEntry>, name: &str) -> Result<(), HostError> {
         let candidate = vms
             .get(name)
             .ok_or_else(|| HostError::NotFound(name.to_string()))?;
@@ -494,6 +499,7 @@ impl Host {
                 return Err(error);
             }
         };
+        crate::crash_point::hit("after-spawn");
         let pidfd = Arc::new(pidfd);
         let start_time = process::start_time(pid).unwrap_or(0);
         self.with_vm(name, |e| {
@@ -878,7 +884,7 @@ impl Host {
 
     /// After a daemon restart: adopt a VMM that still runs, or settle one that ended.
     async fn recover(&self, name: &str) {
-        let Ok((process, client, status_file, state)) = self.with_vm(name, |e| {
+        let Ok((mut process, client, status_file, state)) = self.with_vm(name, |e| {
             Ok((
                 e.record.process,
                 e.client.clone(),
@@ -888,6 +894,9 @@ impl Host {
         }) else {
             return;
         };
+        if process.is_none() && matches!(state, VmState::Restarting | VmState::Starting) {
+            process = self.find_unrecorded(name);
+        }
         match process {
             Some(p) if process::is_same_process(p.pid, p.start_time) => {
                 let pidfd = match PidFd::open(p.pid) {
@@ -948,6 +957,30 @@ impl Host {
             }
             None => {}
         }
+    }
+}
+
+impl Host {
+    /// A VMM started for `name` whose PID the daemon did not save (it was killed in
+    /// between): recorded now, to be adopted like any other.
+    fn find_unrecorded(&self, name: &str) -> Option<ProcessRecord> {
+        let jail = self.inner.config.jail;
+        self.with_vm(name, |e| {
+            let Some(pid) = crate::orphans::find_unrecorded_vmm(&e.paths.control_socket()) else {
+                return Ok(None);
+            };
+            let process = ProcessRecord {
+                pid,
+                start_time: process::start_time(pid).unwrap_or(0),
+                jail: jail.zip(e.record.jail_index).and_then(|(c, i)| c.ids(i)),
+            };
+            log::warn!("{name}: found its VMM (pid {pid}), started but never recorded");
+            e.record.process = Some(process);
+            self.persist_or_log(name, e);
+            Ok(Some(process))
+        })
+        .ok()
+        .flatten()
     }
 }
 

@@ -203,6 +203,7 @@ async fn a_gigabyte_answer_without_a_newline_fails_the_request_and_costs_little(
         after / MIB
     );
     assert_eq!(d.vm("flood").state, VmState::Running);
+    d.host.stop("flood", None, true).await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,5 +276,8 @@ async fn a_vmm_claiming_all_memory_changes_no_other_vm() {
             "the manager stopped: {allocated:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for name in ["a", "b", "liar"] {
+        d.host.stop(name, None, true).await.expect("stop");
     }
 }

@@ -84,6 +84,11 @@ async fn serve_control(
 /// A daemon with a 1 GiB memory budget (and 4 GiB of reclaim capacity) whose VMM is a process that only sleeps; the
 /// tempdir and the guest kernel's path.
 async fn daemon() -> (Host, tempfile::TempDir, String) {
+    daemon_starting_within(Duration::from_secs(5)).await
+}
+
+/// The same, waiting at most `start_timeout` for a VMM's control socket in a start.
+async fn daemon_starting_within(start_timeout: Duration) -> (Host, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kernel = dir.path().join("vmlinuz");
     std::fs::write(&kernel, b"not really a kernel").expect("write");
@@ -94,7 +99,7 @@ async fn daemon() -> (Host, tempfile::TempDir, String) {
         state_dir: dir.path().join("state"),
         vmm_bin,
         stop_timeout: Duration::from_millis(300),
-        start_timeout: Duration::from_secs(5),
+        start_timeout,
         memory: MemoryConfig {
             budget_bytes: Some(1024 * MIB),
             // whatever swap the machine running the test has
@@ -173,6 +178,46 @@ async fn a_vm_whose_min_does_not_fit_is_refused_with_the_numbers() {
     let vm = host.inspect("greedy").await.expect("inspect");
     assert_eq!(vm.state, skiff_host::model::VmState::Stopped);
     assert_eq!(vm.pid, None, "no VMM was started");
+}
+
+/// Two starts at the same moment whose mins fit the budget one at a time but not together:
+/// admission and the reservation are one step, so exactly one is refused, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_concurrent_starts_that_do_not_fit_together_exactly_one_is_refused() {
+    let (host, _dir, kernel) = daemon_starting_within(Duration::from_millis(50)).await;
+    for name in ["left", "right"] {
+        let spec = format!(
+            r#"{{"name":"{name}","kernel":"{kernel}","memory":{{"size":"1G","min":"600M"}}}}"#
+        );
+        host.create(spec.as_bytes(), false).await.expect("create");
+    }
+    for round in 0..20 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let starts: Vec<_> = ["left", "right"]
+            .into_iter()
+            .map(|name| {
+                let (host, barrier) = (host.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    (name, host.start(name).await)
+                })
+            })
+            .collect();
+        let mut started = Vec::new();
+        let mut refused = 0;
+        for start in starts {
+            match start.await.expect("task") {
+                (name, Ok(_)) => started.push(name),
+                (_, Err(e)) => {
+                    assert_eq!(e.status(), 409, "{e}");
+                    assert!(e.to_string().contains("not enough memory"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((started.len(), refused), (1, 1), "round {round}");
+        host.stop(started[0], None, true).await.expect("stop");
+    }
 }
 
 /// A pause the VMM answers too late fails, and the daemon withdraws it (a resume follows),
