@@ -8,7 +8,8 @@ use crate::model::{Desired, ExitReason};
 
 /// The first restart comes quickly (a VM killed by accident is back within a second); each
 /// failure in a row doubles the wait, up to a minute, so a VM that cannot boot does not
-/// keep a host busy.
+/// keep a host busy. Reboots count as well: the first is immediate, then 1 s, 2 s, 4 s, …,
+/// so a guest that resets as it boots is restarted at most 6 times in any minute.
 pub const FIRST_DELAY: Duration = Duration::from_millis(500);
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 /// A run this long counts as healthy: the next failure starts again from `FIRST_DELAY`.
@@ -24,7 +25,7 @@ pub enum AfterExit {
     Failed,
 }
 
-/// `failures_in_a_row` counts earlier failures without a healthy run in between.
+/// `failures_in_a_row` counts earlier failures and reboots without a healthy run in between.
 pub fn after_exit(
     policy: RestartPolicy,
     desired: Desired,
@@ -35,7 +36,10 @@ pub fn after_exit(
         return AfterExit::Stopped;
     }
     if exit.is_reboot() {
-        return AfterExit::Restart(Duration::ZERO);
+        return AfterExit::Restart(match failures_in_a_row {
+            0 => Duration::ZERO,
+            n => backoff(n),
+        });
     }
     if !exit.is_failure() {
         return AfterExit::Stopped;
@@ -91,6 +95,30 @@ mod tests {
         }
     }
 
+    /// A guest that resets as it boots: restarts at 0, 1, 3, 7, 15, 31, 63 s (its boots
+    /// taking no time): never more than 6 in a minute.
+    #[test]
+    fn a_reboot_loop_restarts_at_most_six_times_a_minute() {
+        let mut at = Duration::ZERO;
+        let mut restarts = Vec::new();
+        for n in 0..12 {
+            let AfterExit::Restart(delay) =
+                after_exit(RestartPolicy::Never, RUN, &ExitReason::Code(5), n)
+            else {
+                panic!("a reboot restarts");
+            };
+            at += delay;
+            restarts.push(at);
+        }
+        for (i, start) in restarts.iter().enumerate() {
+            let within_a_minute = restarts[i..]
+                .iter()
+                .take_while(|t| **t < *start + Duration::from_secs(60))
+                .count();
+            assert!(within_a_minute <= 6, "{restarts:?}");
+        }
+    }
+
     #[test]
     fn clean_ends_reboots_and_requested_stops() {
         for policy in [RestartPolicy::Never, RestartPolicy::OnFailure] {
@@ -99,9 +127,14 @@ mod tests {
                 AfterExit::Stopped
             );
             assert_eq!(
-                after_exit(policy, RUN, &ExitReason::Code(5), 4),
+                after_exit(policy, RUN, &ExitReason::Code(5), 0),
                 AfterExit::Restart(Duration::ZERO),
                 "a guest reboot restarts at once"
+            );
+            assert_eq!(
+                after_exit(policy, RUN, &ExitReason::Code(5), 4),
+                AfterExit::Restart(Duration::from_secs(8)),
+                "the fifth quick reboot in a row waits"
             );
             for exit in [
                 ExitReason::Code(5),

@@ -833,7 +833,7 @@ impl Host {
                 None
             }
             AfterExit::Restart(delay) => {
-                if reason.is_failure() {
+                if reason.is_failure() || reason.is_reboot() {
                     e.failures_in_a_row += 1;
                 }
                 e.record.restarts += 1;

@@ -4,6 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use skiff_api::VmSpec;
@@ -106,10 +107,16 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
+/// A VM's events file is kept below this size: past it, its older half is dropped, so a
+/// guest that makes its VM restart without end cannot fill the disk with events.
+pub const MAX_EVENTS_BYTES: u64 = 256 * 1024;
+
 /// The state directory.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Held while an events file is appended to or trimmed.
+    events: Arc<Mutex<()>>,
 }
 
 impl Store {
@@ -118,6 +125,7 @@ impl Store {
         fs::create_dir_all(&vms).map_err(io_err(&vms))?;
         Ok(Store {
             root: root.to_path_buf(),
+            events: Arc::new(Mutex::new(())),
         })
     }
 
@@ -204,12 +212,18 @@ impl Store {
             source,
         })?;
         line.push(b'\n');
+        let _held = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        file.write_all(&line).map_err(io_err(&path))
+        file.write_all(&line).map_err(io_err(&path))?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        if len > MAX_EVENTS_BYTES {
+            keep_newest_half(&path).map_err(io_err(&path))?;
+        }
+        Ok(())
     }
 
     /// The VM's events, oldest first (lines that do not parse are skipped).
@@ -225,6 +239,19 @@ impl Store {
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect())
     }
+}
+
+/// Rewrites an events file with its newest lines only, about half its limit.
+fn keep_newest_half(path: &Path) -> io::Result<()> {
+    let bytes = fs::read(path)?;
+    let cut = bytes.len().saturating_sub((MAX_EVENTS_BYTES / 2) as usize);
+    let start = bytes[cut..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| cut + i + 1);
+    let partial = path.with_extension("jsonl.partial");
+    fs::write(&partial, &bytes[start..])?;
+    fs::rename(&partial, path)
 }
 
 fn to_json<T: Serialize>(value: &T, path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -350,5 +377,31 @@ mod tests {
             events.iter().map(|e| e.kind).collect::<Vec<_>>(),
             [EventKind::Created, EventKind::Started]
         );
+    }
+
+    #[test]
+    fn an_events_file_stays_below_its_limit_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.create_dir("loop").expect("create");
+        let total = 20_000;
+        for i in 0..total {
+            let event = Event {
+                time_ms: i,
+                vm: "loop".into(),
+                kind: EventKind::Restarting,
+                message: format!("guest requested a reboot; restart {i} in 0 ms"),
+            };
+            store.append_event(&event).expect("append");
+            let len = fs::metadata(store.paths("loop").events())
+                .expect("events file")
+                .len();
+            assert!(len <= MAX_EVENTS_BYTES, "{len} bytes after {i} events");
+        }
+        let events = store.events("loop").expect("events");
+        assert!(events.len() > 100 && events.len() < total as usize / 2);
+        assert_eq!(events.last().map(|e| e.time_ms), Some(total - 1));
+        let times: Vec<u64> = events.iter().map(|e| e.time_ms).collect();
+        assert!(times.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
     }
 }

@@ -285,6 +285,48 @@ async fn on_failure_restarts_with_backoff_and_records_events() {
     assert_eq!(d.vm("crashy").await.state, VmState::Stopped);
 }
 
+/// A guest that asks for a reboot as soon as it boots (`skiff run` exits with 5 at once):
+/// restarted with back-off, at most 6 times in a minute, and its events file stays bounded.
+#[tokio::test]
+async fn a_reboot_loop_is_restarted_at_most_six_times_a_minute() {
+    let (d, _) = daemon("exit 5", None).await;
+    let (status, body) = d
+        .call("POST", "/vms?start=true", Some(d.spec("looper", "")))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let restarts: Vec<u64> = d
+        .events("looper")
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Restarting)
+        // "…; restart N in M ms": logged as the VMM ends, the restart comes M ms later.
+        .map(|e| {
+            let delay = e
+                .message
+                .rsplit(" in ")
+                .next()
+                .and_then(|m| m.strip_suffix(" ms")?.parse::<u64>().ok());
+            e.time_ms + delay.expect("the restart's delay")
+        })
+        .collect();
+    assert!(restarts.len() >= 3, "it is restarted: {restarts:?}");
+    for (i, first) in restarts.iter().enumerate() {
+        let in_a_minute = restarts[i..]
+            .iter()
+            .take_while(|t| **t < first + 60_000)
+            .count();
+        assert!(
+            in_a_minute <= 6,
+            "{in_a_minute} restarts in a minute: {restarts:?}"
+        );
+    }
+    let events = d.dir.path().join("state/vms/looper/events.jsonl");
+    let len = std::fs::metadata(events).expect("events file").len();
+    assert!(len <= skiff_host::store::MAX_EVENTS_BYTES, "{len}");
+    d.call("POST", "/vms/looper/stop", None).await;
+}
+
 #[tokio::test]
 async fn never_leaves_a_failed_vm_with_the_reason() {
     let (d, _) = daemon("echo 'skiff: error: no luck' >&2; exit 1", None).await;
