@@ -102,4 +102,10 @@ pub trait VirtioDevice: Send {
     }
     /// Backend file descriptor `index` (of [`VirtioDevice::backend_fds`]) is ready.
     fn process_backend(&mut self, _index: usize) {}
+    /// The queues whose last [`VirtioDevice::process_queue`] stopped at a limit with work
+    /// left (taken: each is reported once). The worker processes them again soon, after
+    /// giving the device's lock up.
+    fn unfinished_queues(&mut self) -> Vec<usize> {
+        Vec::new()
+    }
 }

@@ -33,30 +33,66 @@ pub fn drain<F>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     max_buffers: usize,
-    mut handle: F,
+    handle: F,
 ) -> Result<bool, QueueError>
 where
     F: FnMut(&GuestMemoryMmap, &Chain) -> Result<u32, QueueError>,
 {
+    drain_at_most(queue, mem, max_buffers, usize::MAX, handle).map(|d| d.notify)
+}
+
+/// What [`drain_at_most`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// The driver must be notified.
+    pub notify: bool,
+    /// It stopped at its limit with chains left (notifications stay off): call it again.
+    pub more: bool,
+}
+
+/// [`drain`], but at most `max_chains` chains: a driver that keeps the queue full (another
+/// vCPU adding chains as fast as they are used) cannot keep the caller, and the device lock
+/// it holds, busy without end.
+pub fn drain_at_most<F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    max_buffers: usize,
+    max_chains: usize,
+    mut handle: F,
+) -> Result<Drained, QueueError>
+where
+    F: FnMut(&GuestMemoryMmap, &Chain) -> Result<u32, QueueError>,
+{
     if !queue.ready() {
-        return Ok(false);
+        return Ok(Drained {
+            notify: false,
+            more: false,
+        });
     }
-    let mut used = false;
-    loop {
+    let mut used = 0;
+    let mut more = false;
+    'drain: loop {
         queue.disable_notification(mem)?;
         check_avail_index(queue, mem)?;
         while let Some(desc_chain) = pop_chain(queue, mem)? {
             let chain = Chain::parse(desc_chain, mem, max_buffers)?;
             let len = handle(mem, &chain)?;
             queue.add_used(mem, chain.head, len)?;
-            used = true;
+            used += 1;
+            if used == max_chains {
+                more = true;
+                break 'drain;
+            }
         }
         // Re-arm notifications; if the driver slipped buffers in meanwhile, go again.
         if !queue.enable_notification(mem)? {
             break;
         }
     }
-    Ok(used && queue.needs_notification(mem)?)
+    Ok(Drained {
+        notify: used > 0 && queue.needs_notification(mem)?,
+        more,
+    })
 }
 
 /// The next available chain, if any. Unlike virtio-queue's `pop_descriptor_chain`, a

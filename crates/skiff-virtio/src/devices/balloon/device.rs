@@ -15,10 +15,15 @@ use super::{
 use crate::chain::{Chain, ChainError};
 use crate::device::{ActivateError, Activation, DeviceState, VirtioDevice};
 use crate::features::COMMON;
-use crate::queue::{check_avail_index, pop_chain, QueueError};
+use crate::queue::{check_avail_index, drain_at_most, pop_chain, QueueError};
 
 /// Descriptors per chain accepted (a reporting chain holds up to 32 blocks).
 const MAX_CHAIN: usize = QUEUE_SIZE as usize;
+/// Chains handled per call on one queue. A guest that floods a queue (deflate, say: it
+/// costs the host nothing else) gets no more; the worker comes back for the rest after
+/// giving the device's lock up, so the control thread's stats and balloon targets, which
+/// take that lock, are never held up for long (worker.rs).
+pub const BATCH: usize = 64;
 const NAME: &str = "virtio-balloon";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +71,8 @@ pub struct Balloon {
     stats_head: Option<u16>,
     info: BalloonInfo,
     queue_sizes: Vec<u16>,
+    /// Queues left with chains at the end of their batch.
+    unfinished: Vec<usize>,
 }
 
 impl Balloon {
@@ -82,6 +89,7 @@ impl Balloon {
             stats_head: None,
             info: BalloonInfo::default(),
             queue_sizes: vec![QUEUE_SIZE; queues],
+            unfinished: Vec::new(),
         }
     }
 
@@ -165,6 +173,8 @@ impl Balloon {
         let mut held = self.stats_head;
         let mut latest = None;
         let mut signal = false;
+        let mut handled = 0;
+        let mut more = false;
         let result = (|| -> Result<(), QueueError> {
             loop {
                 queue.disable_notification(mem)?;
@@ -178,6 +188,12 @@ impl Balloon {
                         queue.add_used(mem, old, 0)?;
                         signal = true;
                     }
+                    handled += 1;
+                    if handled == BATCH {
+                        // A driver has one stats buffer: this is a flood. The rest later.
+                        more = true;
+                        return Ok(());
+                    }
                 }
                 if !queue.enable_notification(mem)? {
                     return Ok(());
@@ -185,6 +201,9 @@ impl Balloon {
             }
         })();
         self.stats_head = held;
+        if more {
+            mark_unfinished(&mut self.unfinished, index);
+        }
         if let Some(stats) = latest {
             self.info.guest = Some(stats);
             self.info.stats_updated = Some(Instant::now());
@@ -192,6 +211,30 @@ impl Balloon {
         match result {
             Ok(()) if signal => active.interrupt.signal_queue(index),
             Ok(()) => {}
+            Err(e) => self.fail(index, e),
+        }
+    }
+
+    /// At most [`BATCH`] chains of queue `index`, each handed to `handle`.
+    fn drain_batch<F>(&mut self, index: usize, handle: F)
+    where
+        F: FnMut(&GuestMemoryMmap, &Chain) -> Result<u32, QueueError>,
+    {
+        let DeviceState::Active(active) = &mut self.state else {
+            return;
+        };
+        let Some(queue) = active.queues.get_mut(index) else {
+            return;
+        };
+        match drain_at_most(queue, active.mem.memory(), MAX_CHAIN, BATCH, handle) {
+            Ok(drained) => {
+                if drained.notify {
+                    active.interrupt.signal_queue(index);
+                }
+                if drained.more {
+                    mark_unfinished(&mut self.unfinished, index);
+                }
+            }
             Err(e) => self.fail(index, e),
         }
     }
@@ -204,6 +247,12 @@ impl Balloon {
             interrupt.signal_config();
         }
         self.stats_head = None;
+    }
+}
+
+fn mark_unfinished(unfinished: &mut Vec<usize>, index: usize) {
+    if !unfinished.contains(&index) {
+        unfinished.push(index);
     }
 }
 
@@ -247,6 +296,7 @@ impl VirtioDevice for Balloon {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.roles = queue_roles(activation.features);
         self.stats_head = None;
+        self.unfinished.clear();
         self.state = DeviceState::Active(activation);
         Ok(())
     }
@@ -255,6 +305,7 @@ impl VirtioDevice for Balloon {
         self.state = DeviceState::Inactive;
         self.roles.clear();
         self.stats_head = None;
+        self.unfinished.clear();
         self.config.reset_actual();
     }
 
@@ -270,31 +321,29 @@ impl VirtioDevice for Balloon {
         let mut inflated = 0;
         let mut reported = 0;
         match role {
-            Role::Inflate => self
-                .state
-                .process_queue(NAME, index, MAX_CHAIN, |mem, chain| {
-                    let mut pfns = read_pfns(mem, chain)?;
-                    inflated += discard_runs(mem, &mut pfns, discard.as_ref(), "inflate");
-                    Ok(0)
-                }),
+            Role::Inflate => self.drain_batch(index, |mem, chain| {
+                let mut pfns = read_pfns(mem, chain)?;
+                inflated += discard_runs(mem, &mut pfns, discard.as_ref(), "inflate");
+                Ok(0)
+            }),
             // Nothing to do: a deflated page comes back (zeroed) when the guest touches it.
-            Role::Deflate => self
-                .state
-                .process_queue(NAME, index, MAX_CHAIN, |mem, chain| {
-                    read_pfns(mem, chain)?;
-                    Ok(0)
-                }),
+            Role::Deflate => self.drain_batch(index, |mem, chain| {
+                read_pfns(mem, chain)?;
+                Ok(0)
+            }),
             Role::Stats => self.process_stats(index),
-            Role::Reporting => self
-                .state
-                .process_queue(NAME, index, MAX_CHAIN, |_, chain| {
-                    reported += report_ranges(chain, discard.as_ref());
-                    Ok(0)
-                }),
+            Role::Reporting => self.drain_batch(index, |_, chain| {
+                reported += report_ranges(chain, discard.as_ref());
+                Ok(0)
+            }),
             // Not offered; a driver cannot have negotiated it.
             Role::FreePageHint => {}
         }
         self.info.inflated_bytes += inflated;
         self.info.reported_bytes += reported;
+    }
+
+    fn unfinished_queues(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.unfinished)
     }
 }

@@ -197,3 +197,165 @@ fn a_broken_chain_needs_a_reset() {
     assert_eq!(s.irq.config.load(Ordering::SeqCst), 1);
     assert!(s.discarded.0.lock().expect("lock").is_empty());
 }
+
+/// Discards slowly (as madvise on a loaded host does), so that a flooding guest outpaces it.
+struct SlowDiscard;
+
+impl Discard for SlowDiscard {
+    fn discard(&self, _gpa: u64, _len: u64) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_micros(100));
+        Ok(())
+    }
+}
+
+/// A guest that keeps a balloon queue full (deflate or inflate: the same path), from another
+/// vCPU, faster than the device serves it, for two seconds: the device's worker takes
+/// `BATCH` chains at a time and lets go of the device in between, so whoever else needs
+/// it (the VMM's control thread asking for stats or setting a target) waits milliseconds,
+/// not until the guest stops.
+#[test]
+fn a_queue_flood_never_holds_the_device_for_long() {
+    use crate::worker::{plain_thread, Worker};
+    use skiff_pci::msix::lock;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    const SIZE: u16 = 256;
+    let mem =
+        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("mem"));
+    // The rings laid out by hand (MockSplitQueue's used ring overlaps a long avail ring).
+    let rings: Vec<_> = (0..2)
+        .map(|i| {
+            let base = queue_base(i);
+            (base, base.unchecked_add(0x1000), base.unchecked_add(0x2000))
+        })
+        .collect();
+    let queues = rings
+        .iter()
+        .map(|&(desc, avail, used)| {
+            use virtio_queue::QueueT;
+            let mut q = Queue::new(SIZE).expect("queue");
+            q.set_size(SIZE);
+            q.set_desc_table_address(Some(desc.0 as u32), Some((desc.0 >> 32) as u32));
+            q.set_avail_ring_address(Some(avail.0 as u32), Some((avail.0 >> 32) as u32));
+            q.set_used_ring_address(Some(used.0 as u32), Some((used.0 >> 32) as u32));
+            q.set_ready(true);
+            q
+        })
+        .collect();
+    let mut balloon = Balloon::new(BalloonOptions::default(), MEM, Arc::new(SlowDiscard));
+    balloon
+        .activate(Activation {
+            mem: mem.clone(),
+            queues,
+            interrupt: Arc::new(Irq::default()),
+            features: COMMON,
+        })
+        .expect("activate");
+    let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(balloon));
+    let notify: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+        .collect();
+    let kick = notify[0].try_clone().expect("eventfd");
+    let worker =
+        Worker::spawn("balloon-test", device.clone(), notify, &plain_thread).expect("worker");
+
+    // Every descriptor of the inflate queue: one PFN.
+    let (desc, avail, used) = rings[0];
+    mem.write_obj(0x300u32, GuestAddress(0x20_0000))
+        .expect("pfn");
+    for i in 0..u64::from(SIZE) {
+        let d = RawDescriptor::from(Descriptor::new(0x20_0000, 4, 0, 0));
+        mem.write_obj(d, desc.unchecked_add(16 * i)).expect("desc");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (mem, stop) = (mem.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut next: u16 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let done: u16 = mem
+                    .load(used.unchecked_add(2), Ordering::Acquire)
+                    .expect("used idx");
+                while next.wrapping_sub(done) < SIZE {
+                    let slot = u64::from(next % SIZE);
+                    mem.write_obj(next % SIZE, avail.unchecked_add(4 + 2 * slot))
+                        .expect("ring");
+                    next = next.wrapping_add(1);
+                }
+                // Atomic, as a driver publishes it: the device must never see half of it.
+                mem.store(next, avail.unchecked_add(2), Ordering::Release)
+                    .expect("avail idx");
+                kick.write(1).expect("kick");
+            }
+        })
+    };
+    let mut longest = Duration::ZERO;
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut served: u64 = 0;
+    while Instant::now() < end {
+        let asked = Instant::now();
+        let guard = lock(&device);
+        longest = longest.max(asked.elapsed());
+        drop(guard);
+        served += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.join().expect("flood");
+    worker.stop();
+    assert!(
+        // A batch of 64 slow chains, on a busy machine; unbounded, the whole flood.
+        longest < Duration::from_millis(500),
+        "the device was held for {longest:?}"
+    );
+    assert!(served > 20, "the device was free only {served} times");
+    let done: u16 = mem.read_obj(used.unchecked_add(2)).expect("used idx");
+    assert!(
+        !lock(&device).state().needs_reset(),
+        "the flood was well formed"
+    );
+    assert!(done > 0, "the flood was served too");
+}
+
+#[test]
+fn a_full_queue_is_taken_a_batch_at_a_time() {
+    const SIZE: u16 = 256;
+    let mem =
+        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("mem"));
+    let vqs: Vec<_> = (0..2)
+        .map(|i| MockSplitQueue::create(mem.as_ref(), queue_base(i), SIZE))
+        .collect();
+    let raw: Vec<RawDescriptor> = (0..200)
+        .map(|_| RawDescriptor::from(Descriptor::new(0x20_0000, 4, 0, 0)))
+        .collect();
+    vqs[1].add_desc_chains(&raw, 0).expect("chains");
+    let used = vqs[1].used_addr();
+    let queues = vqs
+        .iter()
+        .map(|vq| vq.create_queue::<Queue>().expect("queue"))
+        .collect();
+    let mut balloon = Balloon::new(
+        BalloonOptions::default(),
+        MEM,
+        Arc::new(Recorder::default()),
+    );
+    balloon
+        .activate(Activation {
+            mem: mem.clone(),
+            queues,
+            interrupt: Arc::new(Irq::default()),
+            features: COMMON,
+        })
+        .expect("activate");
+    let used_idx = || -> u16 { mem.read_obj(used.unchecked_add(2)).expect("used idx") };
+    for batch in 1..=3 {
+        balloon.process_queue(1);
+        assert_eq!(usize::from(used_idx()), batch * super::device::BATCH);
+        assert_eq!(balloon.unfinished_queues(), [1], "batch {batch}");
+    }
+    balloon.process_queue(1);
+    assert_eq!(used_idx(), 200);
+    assert!(balloon.unfinished_queues().is_empty());
+}
