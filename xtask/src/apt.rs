@@ -15,7 +15,8 @@ use crate::paths;
 
 /// Debian packages the host side needs (for QEMU, busybox, mke2fs and cpio; qemu-img for
 /// skiff-images' tests; python3-venv for the OpenAPI validator that skiff-host's tests
-/// install from PyPI).
+/// install from PyPI; nft and dnsmasq for managed networks, in skiff-net's tests and in the
+/// emulated host).
 pub const HOST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -23,6 +24,8 @@ pub const HOST_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "python3-venv",
     "qemu-utils",
+    "nftables",
+    "dnsmasq-base",
 ];
 
 /// Set once `apt-get update` ran in this process, so it runs at most once.

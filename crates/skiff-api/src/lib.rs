@@ -6,6 +6,7 @@ pub mod balloon;
 pub mod control;
 pub mod memory;
 pub mod net;
+pub mod network;
 mod size;
 mod spec;
 

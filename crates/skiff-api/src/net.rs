@@ -62,16 +62,25 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
-/// A virtio-net interface on a tap (created if missing), optionally enslaved to a bridge.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A virtio-net interface on a tap (created if missing), optionally enslaved to a bridge;
+/// or, under the host daemon, on a managed network (`network`): the daemon then fills in
+/// `tap`, `bridge` and `mac` from the network's address manager (docs/network.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NicSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tap: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
     /// The guest's MAC; default a random locally administered 52:54:00:xx:xx:xx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// A managed network of the host daemon (`skiff network create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Host ports forwarded to this NIC's address (managed networks only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<crate::network::PortMapping>,
 }
 
 /// The command-line form: `tap=NAME[,bridge=BR][,mac=MAC]` (a bare `NAME` first works too).
@@ -79,11 +88,7 @@ impl FromStr for NicSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut nic = NicSpec {
-            tap: String::new(),
-            bridge: None,
-            mac: None,
-        };
+        let mut nic = NicSpec::default();
         for (i, part) in s.split(',').enumerate() {
             match part.split_once('=') {
                 Some(("tap", t)) => nic.tap = t.to_string(),
@@ -141,6 +146,19 @@ pub(crate) fn validate(
     vsock: Option<&VsockSpec>,
 ) -> Result<(), (&'static str, String)> {
     for (i, nic) in nics.iter().enumerate() {
+        if let Some(network) = &nic.network {
+            crate::network::check_network_name(network).map_err(|e| ("nics.network", e))?;
+            if nic.tap.is_empty() && (nic.bridge.is_some() || nic.mac.is_some()) {
+                return Err((
+                    "nics.network",
+                    "a managed NIC gets its tap, bridge and MAC from its network".into(),
+                ));
+            }
+        }
+        crate::network::check_publish(nic, &nics[..i]).map_err(|e| ("nics.publish", e))?;
+        if nic.network.is_some() && nic.tap.is_empty() {
+            continue; // the daemon names its tap
+        }
         check_ifname(&nic.tap).map_err(|e| ("nics.tap", e))?;
         if let Some(bridge) = &nic.bridge {
             check_ifname(bridge).map_err(|e| ("nics.bridge", e))?;

@@ -169,6 +169,13 @@ impl RunArgs {
             anyhow::bail!("no kernel: pass --kernel PATH or a spec file with `kernel`");
         }
         spec.validate()?;
+        if let Some(nic) = spec.nics.iter().find(|n| n.tap.is_empty()) {
+            anyhow::bail!(
+                "nics.network: `{}` is a managed network of the host daemon: create the VM \
+                 with `skiff vm create`, or give the NIC a tap",
+                nic.network.as_deref().unwrap_or_default()
+            );
+        }
         Ok(spec)
     }
 }
