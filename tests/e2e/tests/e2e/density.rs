@@ -348,6 +348,13 @@ fn grow(system: &'static str, fleet: &mut dyn Fleet, group: &LimitedGroup) -> Ou
     }
 }
 
+/// A new scratch directory, created.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = TestEnv::get().scratch(name);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
 fn set_ksm(run: u32) {
     let _ = std::fs::write(Path::new(KSM).join("run"), run.to_string());
 }
@@ -383,7 +390,7 @@ fn bench_idle_256_mib_guests_in_2_gib() {
         let mut fleet = QemuFleet {
             group: Cgroup::create(&hierarchy, "density-qemu", "vms").expect("QEMU's group"),
             vms: Vec::new(),
-            dir: env.scratch(if script {
+            dir: scratch_dir(if script {
                 "density-qemu-script"
             } else {
                 "density-qemu"

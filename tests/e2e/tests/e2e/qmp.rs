@@ -133,11 +133,28 @@ impl BalloonScript {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut all: Vec<Qmp> = Vec::new();
+            // Each guest's connection and the size last set (MiB), printed when it changes.
+            let mut all: Vec<(Qmp, Option<u64>)> = Vec::new();
             while !stopping.load(Ordering::Relaxed) {
-                all.extend(guests.try_iter());
+                all.extend(guests.try_iter().map(|qmp| (qmp, None)));
                 // A guest whose QEMU is gone (OOM-killed) drops out; the benchmark sees it.
-                all.retain_mut(|qmp| balloon_step(qmp, size_mib, floor_mib).is_ok());
+                let mut n = 0;
+                all.retain_mut(|(qmp, last)| {
+                    n += 1;
+                    match balloon_step(qmp, size_mib, floor_mib) {
+                        Ok(set) => {
+                            if set.is_some() && set != *last {
+                                eprintln!("balloon script: guest {n} set to {set:?} MiB");
+                                *last = set;
+                            }
+                            true
+                        }
+                        Err(e) => {
+                            eprintln!("balloon script: guest {n} dropped: {e}");
+                            false
+                        }
+                    }
+                });
                 std::thread::sleep(SCRIPT_PERIOD);
             }
         });
