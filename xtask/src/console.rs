@@ -20,6 +20,9 @@ pub enum Stream {
 pub enum Event {
     /// An ordinary line (shown).
     Line,
+    /// The host's heartbeat (hidden): its init prints one every `HEARTBEAT` seconds while
+    /// the command runs, so that a quiet test is not taken for a hung host.
+    Alive,
     /// The host finished booting and starts the command.
     Up,
     /// The command exited with this status.
@@ -29,7 +32,11 @@ pub enum Event {
 /// Shows console lines, hides the markers, and recognises them.
 pub struct Console {
     up: String,
+    alive: String,
     marker: String,
+    /// The start of a line that a heartbeat cut (libtest's `test NAME ... ` before the
+    /// result): it is put back before the next line.
+    carry: String,
     stream: Stream,
     summary: Option<String>,
     held: Vec<String>,
@@ -41,7 +48,9 @@ impl Console {
     pub fn new(marker: &str, stream: Stream) -> Self {
         Self {
             up: format!("{marker} up"),
+            alive: format!("{marker} alive"),
             marker: format!("{marker} status="),
+            carry: String::new(),
             stream,
             summary: None,
             held: Vec::new(),
@@ -52,6 +61,15 @@ impl Console {
 
     /// Shows a line unless it is a marker.
     pub fn feed(&mut self, line: String) -> Event {
+        let line = if self.carry.is_empty() {
+            line
+        } else {
+            std::mem::take(&mut self.carry) + &line
+        };
+        if let Some(pos) = line.find(&self.alive) {
+            self.carry = line[..pos].to_owned();
+            return Event::Alive;
+        }
         if line.trim_end().ends_with(&self.up) {
             return Event::Up;
         }
@@ -65,6 +83,16 @@ impl Console {
         }
         self.show(line);
         Event::Line
+    }
+
+    /// The unfinished line a heartbeat cut, if any.
+    pub fn unfinished(&self) -> &str {
+        &self.carry
+    }
+
+    /// libtest's summary line, once it came.
+    pub fn summary(&self) -> Option<&str> {
+        self.summary.as_deref()
     }
 
     /// What the test output so far says (meaningful for `EndWithTestSummary`).
@@ -118,5 +146,16 @@ mod tests {
         assert_eq!(console.feed("M-1 up".into()), Event::Up);
         assert_eq!(console.feed("M-1 status=3".into()), Event::Exit(3));
         assert_eq!(console.feed("noise M-1 status=0".into()), Event::Exit(0));
+    }
+
+    #[test]
+    fn a_heartbeat_is_hidden_and_the_line_it_cut_mended() {
+        let mut console = Console::new("M-1", Stream::EndWithTestSummary);
+        assert_eq!(console.feed("M-1 alive".into()), Event::Alive);
+        assert_eq!(console.feed("test a::b ... M-1 alive".into()), Event::Alive);
+        assert_eq!(console.unfinished(), "test a::b ... ");
+        assert_eq!(console.feed("ok".into()), Event::Line);
+        assert_eq!(console.unfinished(), "");
+        assert_eq!(console.report().settled(), ["a::b"]);
     }
 }

@@ -61,6 +61,7 @@ pub fn run(args: &E2eArgs) -> Result<Finished> {
             status: run_direct(&assets, &tests, &test_args)?,
             failed: Vec::new(),
             retries: Vec::new(),
+            summary: None,
         }),
         Mode::Emulated => {
             let mut payload = Payload::default();

@@ -168,6 +168,8 @@ pub struct Finished {
     pub failed: Vec<FailedTest>,
     /// The retries the tests announced (`TEST: why` each).
     pub retries: Vec<String>,
+    /// libtest's summary line, when the command was a libtest executable.
+    pub summary: Option<String>,
 }
 
 /// Boots the host, runs `payload.command` in it, streams its console and returns the
@@ -211,7 +213,7 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                 last_output = Instant::now();
                 partial.clear();
                 match console.feed(line) {
-                    Event::Line => {}
+                    Event::Line | Event::Alive => {}
                     Event::Up => eprintln!(
                         "emulated host up after {:.1} s",
                         started.elapsed().as_secs_f64()
@@ -230,6 +232,7 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                             status,
                             failed: console.report().failed().to_vec(),
                             retries: console.report().retries().to_vec(),
+                            summary: console.summary().map(str::to_owned),
                         });
                     }
                 }
@@ -244,7 +247,12 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                     );
                 }
                 if let Some(stall) = options.stall.filter(|s| last_output.elapsed() >= *s) {
-                    let running = host_stall::running_test(&partial)
+                    let unfinished = if partial.is_empty() {
+                        console.unfinished()
+                    } else {
+                        &partial
+                    };
+                    let running = host_stall::running_test(unfinished)
                         .map(|t| format!(" during test {t}"))
                         .unwrap_or_default();
                     println!(

@@ -80,7 +80,8 @@ pub fn main(args: TestArgs) -> Result<ExitCode> {
 
 /// Runs the e2e suite, giving the emulated host's known faults one second chance each;
 /// returns the test executable's exit status. Every retry is counted and the count printed
-/// last (`SKIFF-E2E-RETRIES: …`), so that no retry goes unseen.
+/// at the end (`SKIFF-E2E-RETRIES: …`), so that no retry goes unseen; libtest's summary line
+/// is repeated after it, to stay the output's last line.
 pub fn run_e2e(args: &E2eArgs) -> Result<i32> {
     let mut retries = Retries::default();
     let status = run_e2e_counting(args, &mut retries);
@@ -95,6 +96,8 @@ struct Retries {
     in_tests: Vec<String>,
     /// Tests run once more in a fresh emulated host (`SKIFF-E2E-RERUN`).
     reruns: Vec<String>,
+    /// The last run's libtest summary line.
+    summary: Option<String>,
 }
 
 impl Retries {
@@ -117,6 +120,15 @@ impl Retries {
             self.in_tests.len(),
             self.reruns.len()
         );
+        if let Some(summary) = &self.summary {
+            println!("{summary}");
+        }
+    }
+
+    /// Counts what a run of the suite announced.
+    fn add(&mut self, run: &crate::host::Finished) {
+        self.in_tests.extend(run.retries.iter().cloned());
+        self.summary.clone_from(&run.summary);
     }
 }
 
@@ -131,7 +143,7 @@ fn run_e2e_counting(args: &E2eArgs, retries: &mut Retries) -> Result<i32> {
             Err(e) => return Err(e),
         },
     };
-    retries.in_tests.extend(first.retries);
+    retries.add(&first);
     // Tests that failed only because a guest died of a triple fault (the emulated host's
     // nested virtualization, docs/testing.md) run once more, in a fresh host; any other
     // failure fails the run as it is. Only the emulated host reports failed tests.
@@ -147,7 +159,7 @@ fn run_e2e_counting(args: &E2eArgs, retries: &mut Retries) -> Result<i32> {
     );
     retries.reruns.extend(names.iter().cloned());
     let second = e2e::run(&exactly(args, names))?;
-    retries.in_tests.extend(second.retries);
+    retries.add(&second);
     Ok(second.status)
 }
 
@@ -186,7 +198,7 @@ fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault, retries: &mut Retri
         return Ok(0);
     }
     let second = e2e::run(&exactly(args, names))?;
-    retries.in_tests.extend(second.retries);
+    retries.add(&second);
     Ok(if failed.is_empty() {
         second.status
     } else {

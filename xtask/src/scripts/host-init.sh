@@ -19,8 +19,16 @@ cd /root
 [ -n "$SKIFF_HOST_MARKER" ] && echo "$SKIFF_HOST_MARKER up"
 
 if [ -x /etc/skiff/run ]; then
+    # A heartbeat while the command runs: xtask takes a console silent for --stall seconds
+    # for a hung host, and a test's own output is captured until it ends.
+    alive=
+    if [ -n "$SKIFF_HOST_MARKER" ]; then
+        ( while sleep 30; do echo "$SKIFF_HOST_MARKER alive"; done ) &
+        alive=$!
+    fi
     /etc/skiff/run
     status=$?
+    [ -n "$alive" ] && kill "$alive"
     echo "$SKIFF_HOST_MARKER status=$status"
 else
     setsid cttyhack sh
