@@ -192,7 +192,7 @@ fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault, retries: &mut Retri
         }
     );
     // One retry, of whatever the host was running (the fault names the test when known).
-    retries.reruns.push(format!("the emulated host ({fault})"));
+    retries.reruns.push(fault.to_string());
     let names: Vec<String> = failed.iter().cloned().chain(unfinished).collect();
     if names.is_empty() {
         return Ok(0);
