@@ -110,6 +110,7 @@ pub fn emulated_env() -> Vec<(&'static str, String)> {
         ("SKIFF_QEMU", layout::QEMU.into()),
         ("SKIFF_QEMU_DATADIR", layout::QEMU_DATADIR.into()),
         ("SKIFF_MKE2FS", layout::MKE2FS.into()),
+        ("SKIFF_QEMU_IMG", layout::QEMU_IMG.into()),
         ("SKIFF_E2E_TMP", layout::TMP.into()),
         ("SKIFF_E2E_EMULATED", "1".into()),
     ]
@@ -135,6 +136,10 @@ pub fn direct_env(assets: &Assets) -> Result<Vec<(&'static str, String)>> {
         ),
         ("SKIFF_QEMU_DATADIR", "/usr/share/qemu".into()),
         ("SKIFF_MKE2FS", path(&cmd::require("mke2fs", "e2fsprogs")?)),
+        (
+            "SKIFF_QEMU_IMG",
+            path(&cmd::require("qemu-img", "qemu-utils")?),
+        ),
         ("SKIFF_E2E_TMP", path(&tmp)),
     ])
 }

@@ -1,5 +1,5 @@
 //! The emulated host's file system: a cached base archive (busybox, KVM modules, QEMU,
-//! mke2fs, the guest assets, /init from scripts/host-init.sh) and a per-run archive
+//! mke2fs, qemu-img, the guest assets, /init from scripts/host-init.sh) and a per-run archive
 //! (binaries with their libraries, environment, command), concatenated into one initrd:
 //! the kernel unpacks concatenated cpio archives in order.
 
@@ -61,6 +61,7 @@ pub mod layout {
     pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
     pub const QEMU_DATADIR: &str = "/usr/share/qemu";
     pub const MKE2FS: &str = "/usr/sbin/mke2fs";
+    pub const QEMU_IMG: &str = "/usr/bin/qemu-img";
     pub const TMP: &str = "/tmp/skiff-e2e";
 }
 
@@ -143,6 +144,8 @@ fn base_archive(assets: &Assets) -> Result<PathBuf> {
     }
     let mke2fs = cmd::require("mke2fs", "e2fsprogs")?;
     add_with_libraries(&mut fs, layout::MKE2FS, &mke2fs)?;
+    let qemu_img = cmd::require("qemu-img", "qemu-utils")?;
+    add_with_libraries(&mut fs, layout::QEMU_IMG, &qemu_img)?;
     fs.copy(layout::KERNEL, &assets.kernel.bzimage)?;
     fs.copy(layout::VMLINUX, &assets.kernel.vmlinux)?;
     fs.copy(layout::INITRD, &assets.initrd)?;

@@ -4,6 +4,7 @@
 
 pub mod balloon;
 pub mod control;
+pub mod image;
 pub mod memory;
 pub mod net;
 pub mod network;
@@ -15,6 +16,6 @@ pub use memory::WorkingSetSpec;
 pub use net::{MacAddr, NicSpec, VsockSpec};
 pub use size::{ByteSize, SizeError};
 pub use spec::{
-    validate_domain, validate_name, CpuSpec, DiskSpec, MemorySpec, RestartPolicy, SpecError,
-    VmSpec, CPU_SHARES, DEFAULT_SHARES,
+    validate_domain, validate_name, CpuSpec, DiskFormat, DiskSpec, MemorySpec, RestartPolicy,
+    SpecError, VmSpec, CPU_SHARES, DEFAULT_SHARES,
 };

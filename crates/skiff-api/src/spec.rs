@@ -109,13 +109,27 @@ pub struct DiskSpec {
     /// The serial number the guest reads (at most 20 bytes); default `vda`, `vdb`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The image's format; none: qcow2 if the file starts with qcow2's magic (and then
+    /// without a backing file), else raw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+}
+
+/// A disk image's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    /// qcow2 v2 or v3, with a backing chain (docs/images.md).
+    Qcow2,
 }
 
 fn default_true() -> bool {
     true
 }
 
-/// The command-line form: `path=IMG[,ro][,id=NAME]` (a bare `IMG` first works too).
+/// The command-line form: `path=IMG[,ro][,id=NAME][,format=raw|qcow2]` (a bare `IMG` first
+/// works too).
 impl std::str::FromStr for DiskSpec {
     type Err = String;
 
@@ -124,17 +138,20 @@ impl std::str::FromStr for DiskSpec {
             path: PathBuf::new(),
             read_only: false,
             id: None,
+            format: None,
         };
         for (i, part) in s.split(',').enumerate() {
             match part.split_once('=') {
                 Some(("path", p)) => disk.path = PathBuf::from(p),
                 Some(("id", id)) => disk.id = Some(id.to_string()),
+                Some(("format", "raw")) => disk.format = Some(DiskFormat::Raw),
+                Some(("format", "qcow2")) => disk.format = Some(DiskFormat::Qcow2),
                 None if part == "ro" => disk.read_only = true,
                 None if part == "rw" => disk.read_only = false,
                 None if i == 0 => disk.path = PathBuf::from(part),
                 _ => {
                     return Err(format!(
-                        "unknown disk option `{part}` (expected path=IMG, ro, id=NAME)"
+                        "unknown disk option `{part}` (expected path=IMG, ro, id=NAME, format=raw|qcow2)"
                     ))
                 }
             }
@@ -508,6 +525,10 @@ mod tests {
         );
         assert!("ro".parse::<DiskSpec>().is_err());
         assert!("path=/a,cache=none".parse::<DiskSpec>().is_err());
+        assert_eq!(bare.format, None, "detected");
+        let qcow2: DiskSpec = "path=/c.qcow2,format=qcow2".parse().expect("valid");
+        assert_eq!(qcow2.format, Some(DiskFormat::Qcow2));
+        assert!("path=/a,format=vmdk".parse::<DiskSpec>().is_err());
     }
 
     #[test]

@@ -96,9 +96,47 @@ async fn create(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let q = query(q)?;
+    let info = if crate::images::Images::is_image_request(&body) {
+        crate::images::create_vm(&host, &body, q.start).await?
+    } else {
+        host.create(&body, q.start).await?
+    };
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn images_list(State(host): State<Host>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(host.images().list().await?))
+}
+
+async fn image_inspect(
+    State(host): State<Host>,
+    Path(reference): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(host.images().inspect(&reference).await?))
+}
+
+async fn image_remove(
+    State(host): State<Host>,
+    Path(reference): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    host.images().remove(&reference).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An import answers with JSON lines as it goes: progress, then the image or the error.
+async fn image_import(State(host): State<Host>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: skiff_api::image::ImportRequest =
+        serde_json::from_slice(&body).map_err(|e| HostError::invalid("import", e.to_string()))?;
+    let events = host.images().import(request, &host.config().image_dirs)?;
+    let lines = futures_util::stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(line), events))
+    });
     Ok((
-        StatusCode::CREATED,
-        Json(host.create(&body, q.start).await?),
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
     ))
 }
 
@@ -178,6 +216,10 @@ fn table() -> Vec<(&'static str, Method, MethodRouter<Host>)> {
         ("/vms/{name}/resume", Method::POST, post(resume)),
         ("/vms/{name}/events", Method::GET, get(vm_events)),
         ("/vms/{name}/console", Method::GET, get(console)),
+        ("/images", Method::GET, get(images_list)),
+        ("/images", Method::POST, post(image_import)),
+        ("/images/{name}", Method::GET, get(image_inspect)),
+        ("/images/{name}", Method::DELETE, delete(image_remove)),
     ]
 }
 

@@ -55,6 +55,19 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> io::Result<Response> {
+        self.request_streaming(method, path, body, &mut |_| {})
+            .await
+    }
+
+    /// The same, handing each piece of the body to `on_data` as it arrives (an import's
+    /// progress lines); the response still holds the whole body.
+    pub async fn request_streaming(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<Response> {
         match &self.endpoint {
             Endpoint::Unix(socket) => {
                 let stream = UnixStream::connect(socket).await.map_err(|e| {
@@ -63,13 +76,13 @@ impl Client {
                         format!("cannot reach the daemon at {}: {e}", socket.display()),
                     )
                 })?;
-                self.exchange(stream, method, path, body).await
+                self.exchange(stream, method, path, body, on_data).await
             }
             Endpoint::Tcp(addr) => {
                 let stream = TcpStream::connect(addr).await.map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot reach the daemon at {addr}: {e}"))
                 })?;
-                self.exchange(stream, method, path, body).await
+                self.exchange(stream, method, path, body, on_data).await
             }
         }
     }
@@ -80,6 +93,7 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
+        on_data: &mut dyn FnMut(&[u8]),
     ) -> io::Result<Response>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -110,14 +124,30 @@ impl Client {
             .await
             .map_err(io::Error::other)?;
         let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(io::Error::other)?
-            .to_bytes()
-            .to_vec();
+        let mut incoming = response.into_body();
+        let mut body = Vec::new();
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(io::Error::other)?;
+            if let Some(data) = frame.data_ref() {
+                on_data(data);
+                body.extend_from_slice(data);
+            }
+        }
         Ok(Response { status, body })
+    }
+
+    /// `request_streaming` from synchronous code.
+    pub fn blocking_streaming(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<Response> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(self.request_streaming(method, path, body, on_data))
     }
 
     /// The same, from synchronous code (the CLI, tests): a small runtime per call.

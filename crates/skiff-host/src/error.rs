@@ -13,6 +13,12 @@ pub enum HostError {
     Malformed(String),
     #[error("no VM named `{0}`")]
     NotFound(String),
+    /// No image matches the reference (the message says which).
+    #[error("{0}")]
+    ImageNotFound(String),
+    /// The image store could not read or write its files.
+    #[error("{0}")]
+    ImageStore(String),
     #[error("name: a VM named `{0}` exists already")]
     Duplicate(String),
     /// The VM's state does not allow the action.
@@ -46,12 +52,12 @@ impl HostError {
     pub fn status(&self) -> u16 {
         match self {
             HostError::Invalid { .. } | HostError::Malformed(_) => 400,
-            HostError::NotFound(_) => 404,
+            HostError::NotFound(_) | HostError::ImageNotFound(_) => 404,
             HostError::Duplicate(_) | HostError::Conflict(_) => 409,
             HostError::Admission { .. } => 409,
             // The VMM did not do what was asked: its state (ending, hung) is in the way.
             HostError::Vmm { .. } => 409,
-            HostError::Launch { .. } | HostError::Store(_) => 500,
+            HostError::Launch { .. } | HostError::Store(_) | HostError::ImageStore(_) => 500,
         }
     }
 }

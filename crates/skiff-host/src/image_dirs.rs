@@ -44,6 +44,13 @@ impl ImageDirs {
         Ok(ImageDirs { dirs })
     }
 
+    /// Allows `dir` (canonical) too, unless every path is allowed anyway.
+    pub fn allow(&mut self, dir: &Path) {
+        if !self.dirs.is_empty() && !self.dirs.iter().any(|d| dir.starts_with(d)) {
+            self.dirs.push(dir.to_path_buf());
+        }
+    }
+
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
@@ -83,9 +90,28 @@ impl ImageDirs {
         }
         for disk in &spec.disks {
             self.check("disks.path", &disk.path)?;
+            // A qcow2 disk reads its backing files too: they must be inside as well.
+            if disk.format != Some(skiff_api::DiskFormat::Raw) {
+                for backing in qcow2_backing_chain(&disk.path)? {
+                    self.check("disks.path (backing file)", &backing)?;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The backing files of `path` if it is a qcow2 image (none for a raw one).
+fn qcow2_backing_chain(path: &Path) -> Result<Vec<PathBuf>, HostError> {
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"QFI\xfb";
+    if !is_qcow2 {
+        return Ok(Vec::new());
+    }
+    skiff_images::backing_chain(path).map_err(|e| HostError::invalid("disks.path", e.to_string()))
 }
 
 #[cfg(test)]

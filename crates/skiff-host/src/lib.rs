@@ -11,6 +11,7 @@ pub mod connections;
 pub mod crash_point;
 pub mod error;
 pub mod image_dirs;
+pub mod images;
 pub mod jail;
 pub mod log_rotation;
 pub mod memory;

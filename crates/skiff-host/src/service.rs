@@ -68,6 +68,7 @@ struct Inner {
     started: Instant,
     /// The memory manager's latest view of the host.
     memory: Mutex<Option<HostMemoryStatus>>,
+    images: crate::images::Images,
 }
 
 /// One VM in memory: its persisted record plus what only a running daemon has.
@@ -180,8 +181,10 @@ fn now_ms() -> u64 {
 impl Host {
     /// Loads the state directory and takes back every VMM still running (without stopping
     /// it); VMs whose VMM ended while the daemon was away are settled by their policy.
-    pub async fn open(config: HostConfig) -> Result<Host, HostError> {
+    pub async fn open(mut config: HostConfig) -> Result<Host, HostError> {
         let store = Store::open(&config.state_dir)?;
+        let images = crate::images::Images::open(&config.state_dir)?;
+        config.image_dirs.allow(images.root());
         let mut vms = BTreeMap::new();
         for (name, record) in store.load_all()? {
             let paths = store.paths(&name);
@@ -196,6 +199,7 @@ impl Host {
                 recent: Mutex::new(VecDeque::new()),
                 started: Instant::now(),
                 memory: Mutex::new(None),
+                images,
             }),
         };
         for name in names {
@@ -206,6 +210,10 @@ impl Host {
 
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
+    }
+
+    pub fn images(&self) -> &crate::images::Images {
+        &self.inner.images
     }
 
     fn with_vm<R>(
@@ -754,6 +762,7 @@ impl Host {
                 }
             };
             if removed {
+                self.inner.images.remove_overlay(name);
                 let group = name.to_string();
                 let _ = tokio::task::spawn_blocking(move || crate::cgroups::remove(&group)).await;
                 self.event(name, EventKind::Deleted, "deleted");

@@ -143,6 +143,12 @@ pub fn open_qcow2(
         })
 }
 
+/// The canonical paths of the backing files of the qcow2 image at `path`, nearest first,
+/// checked as `open_qcow2` checks them.
+pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    walk_chain(path, None)
+}
+
 /// imago's error, which nests its context with ": ", on one line.
 pub fn one_line(e: &io::Error) -> String {
     e.to_string().replace('\n', " ")

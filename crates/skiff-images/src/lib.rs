@@ -27,7 +27,7 @@ mod store;
 
 pub use boot::{find_boot, BootEntry, BootError, BootFiles};
 pub use error::ImageError;
-pub use gate::{backing_of, open_qcow2, MAX_CHAIN};
+pub use gate::{backing_chain, backing_of, open_qcow2, MAX_CHAIN};
 pub use overlay::OVERLAY_EXTENSION;
 pub use probe::{Layout, SourceFormat};
 pub use store::{ImageInfo, Progress, Store};

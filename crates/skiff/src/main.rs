@@ -1,10 +1,11 @@
 //! `skiff`: run a VM in this process (`skiff run`), run the host daemon (`skiff host`) and
-//! manage its VMs (`skiff vm`).
+//! manage its VMs (`skiff vm`) and images (`skiff image`).
 
 mod api_client;
 mod attach;
 mod ctl;
 mod host;
+mod image;
 mod vm;
 
 use std::ffi::OsString;
@@ -37,6 +38,8 @@ enum Command {
     Host(Box<host::HostArgs>),
     /// Manage VMs through the host daemon.
     Vm(vm::VmArgs),
+    /// Manage the daemon's disk images (import, ls, inspect, rm).
+    Image(image::ImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl::run(args),
         Command::Host(args) => host::run(*args),
         Command::Vm(args) => vm::run(args),
+        Command::Image(args) => image::run(args),
     })
 }
 

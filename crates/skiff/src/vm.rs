@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use skiff_api::VmSpec;
+use skiff_api::image::VmFromImage;
+use skiff_api::{ByteSize, VmSpec};
 use skiff_host::model::{Event, VmInfo};
 
 use crate::api_client::{call, call_json, DaemonAddress};
@@ -19,10 +20,20 @@ pub struct VmArgs {
 
 #[derive(Subcommand)]
 enum VmAction {
-    /// Define a VM from a spec file (TOML, or JSON if it ends in .json).
+    /// Define a VM from a spec file (TOML, or JSON if it ends in .json), or, as
+    /// `create NAME --image IMG`, from a stored image: its disk a new copy-on-write overlay
+    /// of the image, its kernel the image's own.
     Create {
+        /// The VM's name (with --image).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        name: Option<String>,
         #[arg(short = 'f', long = "file", value_name = "FILE")]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// The image to make the VM from (a name, sha256:HEX or a digest prefix).
+        #[arg(long, requires = "name", conflicts_with = "file")]
+        image: Option<String>,
+        #[command(flatten)]
+        from_image: FromImageArgs,
         /// Start it too.
         #[arg(long)]
         start: bool,
@@ -77,13 +88,50 @@ enum VmAction {
     },
 }
 
+/// How a VM made from an image differs from the defaults.
+#[derive(Args)]
+struct FromImageArgs {
+    /// The disk's virtual size (at least the image's), e.g. 10G.
+    #[arg(long, value_name = "SIZE", requires = "image", value_parser = crate::image::parse_size)]
+    disk_size: Option<ByteSize>,
+    #[arg(long, requires = "image")]
+    vcpus: Option<u32>,
+    /// Guest memory, e.g. 1G [default: 512M].
+    #[arg(long, requires = "image", value_parser = crate::image::parse_size)]
+    memory: Option<ByteSize>,
+    /// Added to the image's kernel command line.
+    #[arg(long, requires = "image", default_value = "")]
+    cmdline: String,
+    /// A network interface: tap=NAME[,bridge=BR][,mac=MAC] (repeatable).
+    #[arg(long = "nic", value_name = "SPEC", requires = "image")]
+    nics: Vec<skiff_api::NicSpec>,
+}
+
 pub fn run(args: VmArgs) -> Result<u8> {
     let client = args.address.client()?;
     let vm_path = |name: &str, action: &str| format!("/vms/{name}{action}");
     match args.action {
-        VmAction::Create { file, start } => {
-            let spec = read_spec(&file)?;
-            let body = serde_json::to_vec(&spec)?;
+        VmAction::Create {
+            name,
+            file,
+            image,
+            from_image,
+            start,
+        } => {
+            let body = match (file, image, name) {
+                (Some(file), _, _) => serde_json::to_vec(&read_spec(&file)?)?,
+                (None, Some(image), Some(name)) => serde_json::to_vec(&VmFromImage {
+                    name,
+                    image,
+                    disk_size: from_image.disk_size,
+                    vcpus: from_image.vcpus,
+                    memory: from_image.memory,
+                    cmdline: from_image.cmdline,
+                    nics: from_image.nics,
+                    restart: Default::default(),
+                })?,
+                _ => anyhow::bail!("give -f FILE, or NAME --image IMAGE"),
+            };
             let path = if start { "/vms?start=true" } else { "/vms" };
             let info: VmInfo = call_json(&client, "POST", path, Some(body))?;
             println!("{} {}", info.name, info.state.as_str());

@@ -25,6 +25,8 @@ pub struct TestEnv {
     pub qemu_datadir: PathBuf,
     /// `SKIFF_MKE2FS`: `mke2fs` from e2fsprogs, to build ext4 disk images.
     pub mke2fs: PathBuf,
+    /// `SKIFF_QEMU_IMG`: `qemu-img` from qemu-utils, to make and check qcow2 images.
+    pub qemu_img: PathBuf,
     /// `SKIFF_E2E_TMP`: a scratch directory for disk images, sockets and the like.
     pub tmp: PathBuf,
     /// `SKIFF_E2E_SKIFF_ARGS` (optional): whitespace-separated arguments added to every
@@ -73,6 +75,7 @@ impl TestEnv {
                 qemu: var("SKIFF_QEMU")?,
                 qemu_datadir: var("SKIFF_QEMU_DATADIR")?,
                 mke2fs: var("SKIFF_MKE2FS")?,
+                qemu_img: var("SKIFF_QEMU_IMG")?,
                 tmp: var("SKIFF_E2E_TMP")?,
                 skiff_extra_args: std::env::var("SKIFF_E2E_SKIFF_ARGS")
                     .unwrap_or_default()

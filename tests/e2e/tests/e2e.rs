@@ -22,6 +22,8 @@ mod density;
 mod harness;
 #[path = "e2e/idle_tax.rs"]
 mod idle_tax;
+#[path = "e2e/images.rs"]
+mod images;
 #[path = "e2e/jail.rs"]
 mod jail;
 #[path = "e2e/memory.rs"]

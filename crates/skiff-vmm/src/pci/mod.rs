@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VmFd;
 use skiff_pci::PciRoot;
 use skiff_virtio::devices::balloon::Balloon;
-use skiff_virtio::devices::block::{Block, BlockOptions, DiskError, DiskFile};
+pub use skiff_virtio::devices::block::DiskFormat;
+use skiff_virtio::devices::block::{open_disk, Block, BlockOptions, DiskError};
 use skiff_virtio::devices::rng::Rng;
 use skiff_virtio::transport::TransportError;
 use skiff_virtio::worker::Worker;
@@ -37,6 +38,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// Serial number the guest reads (GET_ID); defaults to `vdN`-style names by position.
     pub id: Option<String>,
+    /// Raw or qcow2; none: detected (`open_disk`).
+    pub format: Option<DiskFormat>,
 }
 
 /// Which paravirtual devices the VM gets.
@@ -155,13 +158,13 @@ pub fn attach(
     };
     let mut disks = Vec::with_capacity(config.disks.len());
     for (index, disk) in config.disks.iter().enumerate() {
-        let file = DiskFile::open(&disk.path, disk.read_only)
+        let file = open_disk(&disk.path, disk.read_only, disk.format)
             .map_err(|source| DeviceError::Disk { index, source })?;
         let options = BlockOptions {
             read_only: disk.read_only,
             id: disk.id.clone().unwrap_or_else(|| default_disk_id(index)),
         };
-        disks.push(builder.add(Block::new(Box::new(file), options), DeviceRole::Block)?);
+        disks.push(builder.add(Block::new(file, options), DeviceRole::Block)?);
     }
     let (balloon, stats_timer) = match &config.balloon {
         Some(settings) => {

@@ -117,7 +117,7 @@ fn worker(r: &mut Rules) {
         .allow(libc::SYS_read);
 }
 
-/// virtio-blk on a raw image: positioned reads and writes (vectored, straight between the
+/// virtio-blk on a raw or qcow2 image: positioned reads and writes (vectored, straight between the
 /// image and guest memory), flush.
 fn block(r: &mut Rules) {
     r.allow(libc::SYS_pread64)
@@ -125,7 +125,10 @@ fn block(r: &mut Rules) {
         .allow(libc::SYS_preadv)
         .allow(libc::SYS_pwritev)
         .allow(libc::SYS_fdatasync)
-        .allow(libc::SYS_fsync);
+        .allow(libc::SYS_fsync)
+        // qcow2 (imago): zeroing the rest of a newly allocated cluster (punch hole, zero
+        // range).
+        .allow(libc::SYS_fallocate);
 }
 
 /// stdin to the UART; sleeps while its FIFO is full.
