@@ -32,6 +32,7 @@ mod paths;
 mod process;
 mod rootfs;
 mod test;
+mod test_image;
 mod test_report;
 mod vmlinux;
 
@@ -65,6 +66,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build the fuzz targets (stable Rust, libFuzzer) and run each for a bounded time.
     Fuzz(fuzz::FuzzArgs),
+    /// Build (or find cached) the Debian test image of the image-store tests; print its path.
+    TestImage,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +94,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Demo(args) => demo::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Fuzz(args) => fuzz::main(args),
+        Command::TestImage => {
+            println!("{}", test_image::build(&paths::cache()?)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -85,6 +85,27 @@ pub struct VmFromImage {
     pub nics: Vec<NicSpec>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// SSH public keys the guest's cloud-init authorizes (for root and the image's user).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+    /// The tenant's own user-data, passed through to cloud-init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// A static address for the first NIC (needs one), until managed networks exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<StaticAddress>,
+}
+
+/// A static IPv4 or IPv6 address for a guest's first NIC, set by its cloud-init seed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticAddress {
+    /// With its prefix length: `10.0.2.15/24`.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 /// Memory of a VM made from an image when the request names none.

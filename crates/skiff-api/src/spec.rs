@@ -58,6 +58,10 @@ pub struct VmSpec {
     /// Working-set sampling for the memory manager (on by default: 100 pages per 30 s).
     #[serde(default)]
     pub working_set: crate::WorkingSetSpec,
+    /// The guest's address as its cloud-init seed set it (`10.0.2.15/24`), for
+    /// `skiff vm ssh`; the VMM does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// The CPU shares a cgroup can express (v1's cpu.shares range; v2's weight is derived).

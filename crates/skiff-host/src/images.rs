@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use skiff_api::image::{
     Image, ImageBoot, ImportEvent, ImportRequest, VmFromImage, DEFAULT_IMAGE_VM_MEMORY,
 };
-use skiff_images::{ImageError, ImageInfo, Progress, Store};
+use skiff_api::MacAddr;
+use skiff_images::{ImageError, ImageInfo, Progress, Seed, StaticNetwork, Store};
 use tokio::sync::mpsc;
 
 use crate::error::HostError;
@@ -173,6 +174,38 @@ impl Images {
             Ok((info, overlay))
         })
         .await?;
+        let mut nics = request.nics.clone();
+        let network = match (&request.network, nics.first_mut()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(self.undo(
+                    &request.name,
+                    HostError::invalid("network", "a static address needs a NIC (nics)"),
+                ))
+            }
+            (Some(net), Some(nic)) => {
+                let mac = *nic.mac.get_or_insert_with(|| mac_for(&request.name));
+                Some(StaticNetwork {
+                    mac: mac.to_string(),
+                    address: net.address.clone(),
+                    gateway: net.gateway.clone(),
+                    dns: net.dns.clone(),
+                })
+            }
+        };
+        let seed = Seed {
+            instance_id: format!("{}-{}", request.name, &info.digest[..12]),
+            hostname: request.name.clone(),
+            ssh_keys: request.ssh_keys.clone(),
+            user_data: request.user_data.clone(),
+            network,
+        };
+        let this = self.clone();
+        let name = request.name.clone();
+        let seed_path = match blocking(move || Ok(this.store.create_seed(&name, &seed)?)).await {
+            Ok(path) => path,
+            Err(e) => return Err(self.undo(&request.name, e)),
+        };
         let (kernel, initrd) = self.store.boot_files(&info.digest);
         let mut cmdline = info.boot.cmdline.clone();
         if !request.cmdline.is_empty() {
@@ -186,14 +219,24 @@ impl Images {
             "kernel": kernel,
             "initrd": initrd,
             "cmdline": cmdline,
-            "disks": [{ "path": overlay, "format": "qcow2" }],
-            "nics": request.nics,
+            "disks": [
+                { "path": overlay, "format": "qcow2" },
+                { "path": seed_path, "format": "raw", "read_only": true, "id": "cidata" },
+            ],
+            "nics": nics,
             "restart": request.restart,
+            "address": request.network.as_ref().map(|n| n.address.clone()),
         });
         serde_json::to_vec(&spec).map_err(|e| HostError::ImageStore(e.to_string()))
     }
 
-    /// Deletes VM `name`'s overlay, if it has one.
+    /// Removes what `prepare_vm` made for `name` before failing with `error`.
+    fn undo(&self, name: &str, error: HostError) -> HostError {
+        self.remove_overlay(name);
+        error
+    }
+
+    /// Deletes VM `name`'s overlay and seed, if it has them.
     pub fn remove_overlay(&self, name: &str) {
         match self.store.remove_overlay(name) {
             Ok(true) => log::info!("{name}: removed its disk overlay"),
@@ -208,6 +251,16 @@ impl Images {
             .ok()
             .is_some_and(|v| v.get("image").is_some())
     }
+}
+
+/// A locally administered MAC for VM `name`'s first NIC (kept in its spec):
+/// 52:54:00 (QEMU's prefix) and three bytes of the name's hash.
+fn mac_for(name: &str) -> MacAddr {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    let h = hasher.finish().to_be_bytes();
+    MacAddr([0x52, 0x54, 0x00, h[0], h[1], h[2]])
 }
 
 /// `POST /vms` with an `image`: the overlay, then the VM (started if asked); a VM that

@@ -117,7 +117,9 @@ async fn import_create_a_vm_from_it_and_remove_both() {
         "{text}"
     );
 
-    let body = r#"{"name":"web1","image":"debian-12","disk_size":"16M","memory":"128M"}"#;
+    let body = r#"{"name":"web1","image":"debian-12","disk_size":"16M","memory":"128M",
+        "ssh_keys":["ssh-ed25519 AAAAC3Nza key@host"],"nics":[{"tap":"sktap9"}],
+        "network":{"address":"10.0.2.15/24","gateway":"10.0.2.1"}}"#;
     let (status, text) = call(&client, "POST", "/vms", Some(body.into())).await;
     assert_eq!(status, 201, "{text}");
     let vm: VmInfo = serde_json::from_str(&text).expect("VmInfo");
@@ -131,10 +133,20 @@ async fn import_create_a_vm_from_it_and_remove_both() {
     let overlay = spec.disks[0].path.clone();
     assert_eq!(spec.disks[0].format, Some(skiff_api::DiskFormat::Qcow2));
     assert!(overlay.exists(), "{}", overlay.display());
+    // The NoCloud seed: a read-only second disk; the NIC got a MAC for its network-config.
+    let seed = spec.disks[1].path.clone();
+    assert!(spec.disks[1].read_only, "{spec:?}");
+    assert!(seed.exists(), "{}", seed.display());
+    assert_eq!(spec.address.as_deref(), Some("10.0.2.15/24"));
+    assert!(spec.nics[0].mac.is_some(), "{spec:?}");
 
     let (status, text) = call(&client, "POST", "/vms", Some(body.into())).await;
     assert_eq!(status, 409, "a second web1: {text}");
     assert!(overlay.exists(), "the first VM keeps its overlay");
+    let no_nic = r#"{"name":"web3","image":"debian-12","network":{"address":"10.0.2.16/24"}}"#;
+    let (status, text) = call(&client, "POST", "/vms", Some(no_nic.into())).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("needs a NIC"), "{text}");
     let missing = r#"{"name":"web2","image":"nope"}"#;
     let (status, text) = call(&client, "POST", "/vms", Some(missing.into())).await;
     assert_eq!(status, 404, "{text}");
@@ -150,6 +162,7 @@ async fn import_create_a_vm_from_it_and_remove_both() {
     let (status, text) = call(&client, "DELETE", "/vms/web1", None).await;
     assert_eq!(status, 204, "{text}");
     assert!(!overlay.exists(), "the overlay goes with the VM");
+    assert!(!seed.exists(), "and so does the seed");
     let (status, text) = call(&client, "DELETE", "/images/debian-12", None).await;
     assert_eq!(status, 204, "{text}");
     let (status, text) = call(&client, "GET", "/images", None).await;

@@ -1,6 +1,8 @@
 //! The image store: disk images imported once, read-only, addressed by sha256 with names on
 //! top, and thin qcow2 overlays per VM whose backing file is the shared image.
 //!
+//! Also the cloud-init NoCloud seed disk a VM made from an image gets (`seed.rs`).
+//!
 //! Pure library (files under one root directory, no daemon): `skiff image …` and the host
 //! daemon drive it. Reading and writing qcow2 goes through the `imago` crate.
 //!
@@ -23,6 +25,7 @@ mod gate;
 mod import;
 mod overlay;
 mod probe;
+mod seed;
 mod store;
 
 pub use boot::{find_boot, BootEntry, BootError, BootFiles};
@@ -30,4 +33,5 @@ pub use error::ImageError;
 pub use gate::{backing_chain, backing_of, open_qcow2, MAX_CHAIN};
 pub use overlay::OVERLAY_EXTENSION;
 pub use probe::{Layout, SourceFormat};
+pub use seed::{Seed, StaticNetwork, SEED_BYTES};
 pub use store::{ImageInfo, Progress, Store};

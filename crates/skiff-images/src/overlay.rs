@@ -1,5 +1,5 @@
 //! Per-VM disks: a thin qcow2 overlay whose backing file is a stored image, created with
-//! imago, and the reverse question: which VMs' overlays use an image.
+//! imago, its cloud-init seed disk, and the reverse question: which VMs' overlays use an image.
 
 use std::fs;
 use std::io;
@@ -11,6 +11,7 @@ use imago::{FormatCreateBuilder, Storage, StorageCreateOptions};
 
 use crate::error::ImageError;
 use crate::gate::{backing_of, one_line};
+use crate::seed::Seed;
 use crate::store::{blob_file_name, valid_name, Store};
 
 /// File name extension of overlays in overlays/.
@@ -79,10 +80,39 @@ impl Store {
         }
     }
 
-    /// Deletes VM `vm`'s overlay; whether there was one.
+    /// Where VM `vm`'s cloud-init seed disk is (whether or not it exists).
+    pub fn seed_path(&self, vm: &str) -> PathBuf {
+        self.root.join("overlays").join(format!("{vm}.seed"))
+    }
+
+    /// Writes VM `vm`'s NoCloud seed disk, replacing an earlier one; returns its path.
+    pub fn create_seed(&self, vm: &str, seed: &Seed) -> Result<PathBuf, ImageError> {
+        if !valid_name(vm) {
+            return Err(ImageError::BadName {
+                name: vm.to_string(),
+            });
+        }
+        let path = self.seed_path(vm);
+        let tmp = self.tmp_path("seed");
+        seed.write(&tmp)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                ImageError::store(&path, e)
+            })?;
+        Ok(path)
+    }
+
+    /// Deletes VM `vm`'s overlay and seed; whether there was an overlay.
     pub fn remove_overlay(&self, vm: &str) -> Result<bool, ImageError> {
         if !valid_name(vm) {
             return Ok(false);
+        }
+        match fs::remove_file(self.seed_path(vm)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(ImageError::store(&self.seed_path(vm), e))
+            }
+            _ => {}
         }
         let path = self.overlay_path(vm);
         match fs::remove_file(&path) {

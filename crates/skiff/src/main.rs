@@ -37,7 +37,7 @@ enum Command {
     /// Run the host daemon (REST API, one VMM process per VM); `skiff host status` asks it.
     Host(Box<host::HostArgs>),
     /// Manage VMs through the host daemon.
-    Vm(vm::VmArgs),
+    Vm(Box<vm::VmArgs>),
     /// Manage the daemon's disk images (import, ls, inspect, rm).
     Image(image::ImageArgs),
 }
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(*args),
         Command::Ctl(args) => ctl::run(args),
         Command::Host(args) => host::run(*args),
-        Command::Vm(args) => vm::run(args),
+        Command::Vm(args) => vm::run(*args),
         Command::Image(args) => image::run(args),
     })
 }

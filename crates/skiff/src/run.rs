@@ -121,6 +121,7 @@ impl RunArgs {
                 cpu: skiff_api::CpuSpec::default(),
                 restart: skiff_api::RestartPolicy::default(),
                 working_set: skiff_api::WorkingSetSpec::default(),
+                address: None,
             },
         };
         if let Some(kernel) = &self.kernel {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use skiff_api::image::VmFromImage;
+use skiff_api::image::{StaticAddress, VmFromImage};
 use skiff_api::{ByteSize, VmSpec};
 use skiff_host::model::{Event, VmInfo};
 
@@ -86,6 +86,19 @@ enum VmAction {
     Console {
         name: String,
     },
+    /// SSH to a VM made from an image, at the address its seed gave it.
+    Ssh {
+        name: String,
+        /// The user to log in as.
+        #[arg(long, default_value = "root")]
+        user: String,
+        /// The private key (ssh's -i).
+        #[arg(short = 'i', long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// A command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 /// How a VM made from an image differs from the defaults.
@@ -105,6 +118,50 @@ struct FromImageArgs {
     /// A network interface: tap=NAME[,bridge=BR][,mac=MAC] (repeatable).
     #[arg(long = "nic", value_name = "SPEC", requires = "image")]
     nics: Vec<skiff_api::NicSpec>,
+    /// An SSH public key file the guest authorizes (repeatable).
+    #[arg(long = "ssh-key", value_name = "FILE", requires = "image")]
+    ssh_keys: Vec<PathBuf>,
+    /// cloud-init user-data to pass through (a #cloud-config or a script).
+    #[arg(long, value_name = "FILE", requires = "image")]
+    user_data: Option<PathBuf>,
+    /// A static address for the first NIC, e.g. 10.0.2.15/24 (needs --nic).
+    #[arg(long, value_name = "ADDR/PREFIX", requires = "nics")]
+    ip: Option<String>,
+    #[arg(long, value_name = "ADDR", requires = "ip")]
+    gateway: Option<String>,
+    /// A DNS server for the guest (repeatable).
+    #[arg(long, value_name = "ADDR", requires = "ip")]
+    dns: Vec<String>,
+}
+
+impl FromImageArgs {
+    fn request(self, name: String, image: String) -> Result<VmFromImage> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let ssh_keys = self
+            .ssh_keys
+            .iter()
+            .map(|p| read(p).map(|k| k.trim().to_string()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(VmFromImage {
+            name,
+            image,
+            disk_size: self.disk_size,
+            vcpus: self.vcpus,
+            memory: self.memory,
+            cmdline: self.cmdline,
+            nics: self.nics,
+            restart: Default::default(),
+            ssh_keys,
+            user_data: self.user_data.as_ref().map(read).transpose()?,
+            network: self.ip.map(|address| StaticAddress {
+                address,
+                gateway: self.gateway,
+                dns: self.dns,
+            }),
+        })
+    }
 }
 
 pub fn run(args: VmArgs) -> Result<u8> {
@@ -120,16 +177,9 @@ pub fn run(args: VmArgs) -> Result<u8> {
         } => {
             let body = match (file, image, name) {
                 (Some(file), _, _) => serde_json::to_vec(&read_spec(&file)?)?,
-                (None, Some(image), Some(name)) => serde_json::to_vec(&VmFromImage {
-                    name,
-                    image,
-                    disk_size: from_image.disk_size,
-                    vcpus: from_image.vcpus,
-                    memory: from_image.memory,
-                    cmdline: from_image.cmdline,
-                    nics: from_image.nics,
-                    restart: Default::default(),
-                })?,
+                (None, Some(image), Some(name)) => {
+                    serde_json::to_vec(&from_image.request(name, image)?)?
+                }
                 _ => anyhow::bail!("give -f FILE, or NAME --image IMAGE"),
             };
             let path = if start { "/vms?start=true" } else { "/vms" };
@@ -204,8 +254,52 @@ pub fn run(args: VmArgs) -> Result<u8> {
             let info: VmInfo = call_json(&client, "GET", &vm_path(&name, ""), None)?;
             crate::attach::attach(&info)?;
         }
+        VmAction::Ssh {
+            name,
+            user,
+            identity,
+            command,
+        } => {
+            let info: VmInfo = call_json(&client, "GET", &vm_path(&name, ""), None)?;
+            return ssh(&info, &user, identity.as_deref(), &command);
+        }
     }
     Ok(0)
+}
+
+/// Runs ssh to the VM's address (its spec's, from its seed), without host key checks: a
+/// VM's host keys are new on its first boot.
+fn ssh(info: &VmInfo, user: &str, identity: Option<&Path>, command: &[String]) -> Result<u8> {
+    let address = info
+        .spec
+        .address
+        .as_deref()
+        .and_then(|a| a.split('/').next())
+        .with_context(|| {
+            format!(
+                "VM {} has no address: create it from an image with --ip",
+                info.name
+            )
+        })?;
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
+    ]);
+    if let Some(key) = identity {
+        ssh.arg("-i").arg(key);
+    }
+    ssh.arg(format!("{user}@{address}")).args(command);
+    let status = ssh.status().context("cannot run ssh (openssh-client)")?;
+    Ok(status
+        .code()
+        .map_or(255, |c| u8::try_from(c).unwrap_or(255)))
 }
 
 fn print_state(info: VmInfo) {

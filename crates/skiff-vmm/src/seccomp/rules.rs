@@ -102,8 +102,12 @@ fn vcpu(r: &mut Rules) -> Result<()> {
     // vhost-vsock activation and reset: memory table, rings, running state.
     requests.extend(ioctls::vhost_vsock_activation());
     r.allow_args(libc::SYS_ioctl, 1, &requests)?;
-    // virtio-blk reset (the driver writes status 0) makes what was written durable.
-    r.allow(libc::SYS_fdatasync);
+    // virtio-blk reset (the driver writes status 0) makes what was written durable; for a
+    // qcow2 disk that writes imago's cached metadata tables first and syncs with fsync.
+    r.allow(libc::SYS_fdatasync)
+        .allow(libc::SYS_fsync)
+        .allow(libc::SYS_pwrite64)
+        .allow(libc::SYS_pwritev);
     // Device activation and reset drain eventfds and virtio-net's tap.
     r.allow(libc::SYS_read);
     Ok(())
