@@ -77,6 +77,15 @@ pub fn main(args: HostArgs) -> Result<ExitCode> {
         "PATH",
         &format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", layout::BIN_DIR),
     );
+    // Files for experiments by hand: SKIFF_HOST_FILES="/opt/x/disk.qcow2=/path/on/this/machine ...".
+    if let Ok(files) = std::env::var("SKIFF_HOST_FILES") {
+        for pair in files.split_whitespace() {
+            let (dest, source) = pair
+                .split_once('=')
+                .context("SKIFF_HOST_FILES: give DEST=SOURCE pairs")?;
+            payload.add_file(dest, std::path::Path::new(source));
+        }
+    }
     let options = BootOptions {
         memory: args.memory,
         timeout: args

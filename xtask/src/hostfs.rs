@@ -84,6 +84,11 @@ impl Payload {
         Ok(())
     }
 
+    /// Adds a data file as it is.
+    pub fn add_file(&mut self, dest: &str, source: &Path) {
+        self.files.push((dest.to_owned(), source.to_path_buf()));
+    }
+
     /// Adds Skiff's release binaries under [`layout::BIN_DIR`].
     pub fn add_release_binaries(&mut self, binaries: &[PathBuf]) -> Result<()> {
         for bin in binaries {
