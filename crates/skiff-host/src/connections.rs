@@ -110,6 +110,23 @@ struct Activity {
     since: Mutex<Instant>,
 }
 
+/// One request in progress, from its headers to the end of its answer's body.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Activity {
     fn touch(&self) {
         *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
@@ -141,14 +158,19 @@ where
     });
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let activity = tracked.clone();
-        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        let in_flight = InFlight::start(tracked.clone());
         let response = router.clone().oneshot(request.map(axum::body::Body::new));
         async move {
-            let response = response.await;
-            activity.touch();
-            activity.in_flight.fetch_sub(1, Ordering::SeqCst);
-            response
+            // A request is in progress until its body is sent: an image import streams its
+            // progress for minutes.
+            response.await.map(|response| {
+                response.map(|body| {
+                    axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+                        let _ = &in_flight;
+                        f
+                    }))
+                })
+            })
         }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
