@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use skiff_fuzz::{activation, check_state, queue_from, CountingInterrupt};
-use skiff_virtio::devices::block::{Block, BlockOptions};
+use skiff_virtio::devices::block::{Block, BlockOptions, MemDisk};
 use skiff_virtio::features::COMMON;
 use skiff_virtio::VirtioDevice;
 
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     if header.knobs[0] & 2 != 0 {
         features |= VIRTIO_BLK_F_FLUSH;
     }
-    let mut block = Block::new(Box::new(vec![0x11u8; DISK_BYTES]), options);
+    let mut block = Block::new(Arc::new(MemDisk::new(vec![0x11u8; DISK_BYTES])), options);
     let act = activation(mem.clone(), queue, 0, 1, features, irq.clone());
     block.activate(act).expect("block activates");
     block.process_queue(0);

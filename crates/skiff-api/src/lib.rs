@@ -16,6 +16,6 @@ pub use memory::WorkingSetSpec;
 pub use net::{MacAddr, NicSpec, VsockSpec};
 pub use size::{ByteSize, SizeError};
 pub use spec::{
-    validate_domain, validate_name, CpuSpec, DiskFormat, DiskSpec, MemorySpec, RestartPolicy,
-    SpecError, VmSpec, CPU_SHARES, DEFAULT_SHARES,
+    validate_domain, validate_name, CpuSpec, DiskCache, DiskFormat, DiskSpec, MemorySpec,
+    RestartPolicy, SpecError, VmSpec, CPU_SHARES, DEFAULT_SHARES,
 };

@@ -117,6 +117,26 @@ pub struct DiskSpec {
     /// without a backing file), else raw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DiskFormat>,
+    /// How the host caches the disk's data (docs/virtio.md: durability of each).
+    #[serde(default, skip_serializing_if = "DiskCache::is_default")]
+    pub cache: DiskCache,
+}
+
+/// A disk's host cache mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskCache {
+    /// Through the host's page cache; a guest flush makes written data durable.
+    #[default]
+    Writeback,
+    /// Around the host's page cache (O_DIRECT).
+    Direct,
+}
+
+impl DiskCache {
+    fn is_default(&self) -> bool {
+        *self == DiskCache::default()
+    }
 }
 
 /// A disk image's format.
@@ -132,8 +152,8 @@ fn default_true() -> bool {
     true
 }
 
-/// The command-line form: `path=IMG[,ro][,id=NAME][,format=raw|qcow2]` (a bare `IMG` first
-/// works too).
+/// The command-line form: `path=IMG[,ro][,id=NAME][,format=raw|qcow2][,cache=direct]` (a
+/// bare `IMG` first works too).
 impl std::str::FromStr for DiskSpec {
     type Err = String;
 
@@ -143,6 +163,7 @@ impl std::str::FromStr for DiskSpec {
             read_only: false,
             id: None,
             format: None,
+            cache: DiskCache::Writeback,
         };
         for (i, part) in s.split(',').enumerate() {
             match part.split_once('=') {
@@ -150,12 +171,14 @@ impl std::str::FromStr for DiskSpec {
                 Some(("id", id)) => disk.id = Some(id.to_string()),
                 Some(("format", "raw")) => disk.format = Some(DiskFormat::Raw),
                 Some(("format", "qcow2")) => disk.format = Some(DiskFormat::Qcow2),
+                Some(("cache", "writeback")) => disk.cache = DiskCache::Writeback,
+                Some(("cache", "direct")) => disk.cache = DiskCache::Direct,
                 None if part == "ro" => disk.read_only = true,
                 None if part == "rw" => disk.read_only = false,
                 None if i == 0 => disk.path = PathBuf::from(part),
                 _ => {
                     return Err(format!(
-                        "unknown disk option `{part}` (expected path=IMG, ro, id=NAME, format=raw|qcow2)"
+                        "unknown disk option `{part}` (expected path=IMG, ro, id=NAME, format=raw|qcow2, cache=writeback|direct)"
                     ))
                 }
             }
@@ -528,6 +551,9 @@ mod tests {
             (Some("/b.img"), false)
         );
         assert!("ro".parse::<DiskSpec>().is_err());
+        let direct: DiskSpec = "path=/c.img,cache=direct".parse().expect("valid");
+        assert_eq!(direct.cache, DiskCache::Direct);
+        assert_eq!(bare.cache, DiskCache::Writeback);
         assert!("path=/a,cache=none".parse::<DiskSpec>().is_err());
         assert_eq!(bare.format, None, "detected");
         let qcow2: DiskSpec = "path=/c.qcow2,format=qcow2".parse().expect("valid");

@@ -56,12 +56,18 @@ impl DeviceState {
         match queue::drain(queue, active.mem.memory(), max_buffers, handle) {
             Ok(true) => active.interrupt.signal_queue(index),
             Ok(false) => {}
-            Err(e) => {
-                log::error!("{name}: queue {index}: {e}; device needs a reset");
-                let interrupt = active.interrupt.clone();
-                *self = DeviceState::NeedsReset;
-                interrupt.signal_config();
-            }
+            Err(e) => self.queue_failed(name, index, e),
+        }
+    }
+
+    /// The driver broke queue `index`: logged, `NeedsReset`, and a configuration interrupt
+    /// tells the driver.
+    pub fn queue_failed(&mut self, name: &str, index: usize, e: QueueError) {
+        log::error!("{name}: queue {index}: {e}; device needs a reset");
+        if let DeviceState::Active(active) = self {
+            let interrupt = active.interrupt.clone();
+            *self = DeviceState::NeedsReset;
+            interrupt.signal_config();
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::layout::{
 use crate::memory::dirty_log::GuestSlots;
 use crate::memory::{GuestRam, RamOptions};
 use crate::mmio::MmioBus;
-use crate::pci::{self, DiskConfig, DiskFormat, PciConfig, PciDevices};
+use crate::pci::{self, DiskConfig, PciConfig, PciDevices};
 use crate::seccomp;
 use crate::VmmError;
 
@@ -74,19 +74,7 @@ impl VmConfig {
                     .map(pci::net::NicConfig::from_spec)
                     .collect(),
                 vsock: spec.vsock.map(|v| v.cid),
-                disks: spec
-                    .disks
-                    .iter()
-                    .map(|d| DiskConfig {
-                        path: d.path.clone(),
-                        read_only: d.read_only,
-                        id: d.id.clone(),
-                        format: d.format.map(|f| match f {
-                            skiff_api::DiskFormat::Raw => DiskFormat::Raw,
-                            skiff_api::DiskFormat::Qcow2 => DiskFormat::Qcow2,
-                        }),
-                    })
-                    .collect(),
+                disks: spec.disks.iter().map(DiskConfig::from_spec).collect(),
             },
         }
     }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use skiff_api::VmSpec;
 use skiff_jail::{Device, JailFile, JailSpec, Limits, JAIL_RUN_DIR};
+use skiff_vmm::pci::IO_DEPTH;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct JailArgs {
@@ -29,13 +30,14 @@ const NOFILE: u64 = 1024;
 /// Threads beyond the vCPUs: device workers and service threads, with room to spare.
 const SERVICE_THREADS: u64 = 32;
 /// Files the VMM writes besides its disks (a console log): up to this size.
-const MIN_FSIZE: u64 = 1 << 30;
+pub const MIN_FSIZE: u64 = 1 << 30;
 
 /// A jailed VM: the jail, the spec as the VMM sees it inside, and its control socket.
 #[derive(Debug)]
 pub struct Plan {
     pub jail: JailSpec,
-    /// The spec with the jail's paths (`/kernel`, `/initrd`, `/disk0`, ...).
+    /// The spec with the jail's paths (`/kernel`, `/initrd`); disks keep their host paths
+    /// (opened before the jail).
     pub spec: VmSpec,
     pub control_socket: Option<ControlSocket>,
 }
@@ -75,16 +77,8 @@ pub fn plan(
     if let Some(initrd) = &spec.initrd {
         jailed.initrd = Some(add(initrd, "initrd".into(), false)?);
     }
-    let mut largest_disk = 0;
-    for (i, disk) in spec.disks.iter().enumerate() {
-        if !disk.read_only {
-            let len = std::fs::metadata(&disk.path)
-                .with_context(|| format!("cannot read disk {}", disk.path.display()))?
-                .len();
-            largest_disk = largest_disk.max(len);
-        }
-        jailed.disks[i].path = add(&disk.path, format!("disk{i}"), !disk.read_only)?;
-    }
+    // Disks are not put in the jail: the jailer opens them before entering it
+    // (run.rs), and a block device's node would not open on the jail's nodev mounts.
     let mut devices = vec![Device::Kvm, Device::Urandom];
     if spec.vsock.is_some() {
         devices.push(Device::VhostVsock);
@@ -110,8 +104,11 @@ pub fn plan(
             devices,
             limits: Limits {
                 nofile: NOFILE,
-                nproc: u64::from(spec.vcpus) + SERVICE_THREADS,
-                fsize: largest_disk.max(MIN_FSIZE),
+                nproc: u64::from(spec.vcpus)
+                    + SERVICE_THREADS
+                    + (spec.disks.len() * IO_DEPTH) as u64,
+                // Raised to the largest disk once they are open (run.rs).
+                fsize: MIN_FSIZE,
             },
         },
         spec: jailed,
@@ -175,20 +172,19 @@ mod tests {
         )
         .expect("plan");
         assert_eq!(plan.spec.kernel, Path::new("/kernel"));
-        assert_eq!(plan.spec.disks[0].path, Path::new("/disk0"));
-        assert_eq!(plan.spec.disks[1].path, Path::new("/disk1"));
+        assert_eq!(plan.spec.disks[0].path, disk, "opened before the jail");
         let names: Vec<_> = plan
             .jail
             .files
             .iter()
             .map(|f| (f.name.as_str(), f.writable))
             .collect();
-        assert_eq!(
-            names,
-            [("kernel", false), ("disk0", true), ("disk1", false)]
-        );
+        assert_eq!(names, [("kernel", false)]);
         assert!(plan.jail.devices.contains(&Device::VhostVsock));
-        assert_eq!(plan.jail.limits.nproc, 2 + SERVICE_THREADS);
+        assert_eq!(
+            plan.jail.limits.nproc,
+            2 + SERVICE_THREADS + 2 * IO_DEPTH as u64
+        );
         assert_eq!(plan.jail.limits.fsize, MIN_FSIZE);
         assert_eq!(
             plan.control_socket,

@@ -1,6 +1,7 @@
 //! `skiff run`: one VM in this process.
 
 use std::io::Write as _;
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -93,9 +94,46 @@ pub struct RunArgs {
     test_forbidden_syscall: Option<seccomp::Role>,
     #[command(flatten)]
     jail: JailArgs,
+    /// Disk INDEX is the inherited open descriptor FD, not its path (the host daemon opens
+    /// disks itself and hands them over).
+    #[arg(long = "disk-fd", value_name = "INDEX=FD", hide = true, value_parser = parse_disk_fd)]
+    disk_fds: Vec<(usize, i32)>,
+}
+
+fn parse_disk_fd(s: &str) -> std::result::Result<(usize, i32), String> {
+    let (index, fd) = s.split_once('=').ok_or("expected INDEX=FD")?;
+    let index = index
+        .parse()
+        .map_err(|_| format!("bad disk index `{index}`"))?;
+    let fd: i32 = fd.parse().map_err(|_| format!("bad descriptor `{fd}`"))?;
+    if fd <= libc::STDERR_FILENO {
+        return Err(format!("descriptor {fd} is stdio, not a disk"));
+    }
+    Ok((index, fd))
 }
 
 impl RunArgs {
+    /// Takes the disks handed over open (`--disk-fd`) into `config`; returns the largest
+    /// one's size.
+    fn adopt_disks(&self, config: &mut VmConfig) -> Result<u64> {
+        let mut largest = 0;
+        for &(index, fd) in &self.disk_fds {
+            let disk =
+                config.devices.disks.get_mut(index).with_context(|| {
+                    format!("--disk-fd {index}={fd}: the VM has no disk {index}")
+                })?;
+            // SAFETY: F_GETFD on any number is harmless; it tells whether `fd` is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                anyhow::bail!("--disk-fd {index}={fd}: descriptor {fd} is not open");
+            }
+            // SAFETY: `fd` is open (checked above), inherited for this very purpose, and
+            // named once on the command line: this is its only owner.
+            let file = unsafe { std::fs::File::from_raw_fd(fd) };
+            largest = largest.max(disk.adopt(file)?);
+        }
+        Ok(largest)
+    }
+
     fn vm_config(&self, spec: &VmSpec) -> VmConfig {
         let mut config = VmConfig::from_spec(spec);
         config.mergeable = spec.memory.page_sharing && !self.no_page_sharing;
@@ -220,12 +258,21 @@ fn boot_and_wait(args: RunArgs) -> Result<u8> {
     // Before any thread starts (and before the jail's fork): they are all born in the group.
     cgroup::join(&args.cgroup, &spec.cpu)?;
     let (Some(dir), Some(uid), Some(gid)) = (&args.jail.jail, args.jail.uid, args.jail.gid) else {
-        let config = args.vm_config(&spec);
+        let mut config = args.vm_config(&spec);
+        args.adopt_disks(&mut config)?;
         return run_vm(&args, config, args.control_socket.as_deref());
     };
     let plan = jail::plan(&spec, dir, uid, gid, args.control_socket.as_deref())?;
     match skiff_jail::fork_into_pid_namespace()? {
-        Forked::Parent { child } => Ok(jail::supervise(child, &plan)),
+        Forked::Parent { child } => {
+            // The disks handed over open are the jailed VMM's alone from here.
+            for &(_, fd) in &args.disk_fds {
+                // SAFETY: closes a descriptor this process inherited for the child, which
+                // has its own copy; nothing here uses it.
+                unsafe { libc::close(fd) };
+            }
+            Ok(jail::supervise(child, &plan))
+        }
         Forked::Child => {
             // The supervisor reports the status (and writes the status file): the child
             // ends here, never returning into the caller's clean-up.
@@ -245,7 +292,19 @@ fn run_jailed(args: &RunArgs, plan: &jail::Plan) -> Result<u8> {
     for (index, nic) in config.devices.nics.iter_mut().enumerate() {
         nic.preopen(index)?;
     }
-    skiff_jail::enter(&plan.jail)?;
+    // Disks too (unless handed over open): the jail holds neither their paths nor device
+    // nodes that would open. The VMM writes up to a disk's end (RLIMIT_FSIZE).
+    let mut jail = plan.jail.clone();
+    jail.limits.fsize = jail.limits.fsize.max(args.adopt_disks(&mut config)?);
+    for disk in config
+        .devices
+        .disks
+        .iter_mut()
+        .filter(|d| d.opened.is_none())
+    {
+        jail.limits.fsize = jail.limits.fsize.max(disk.preopen()?);
+    }
+    skiff_jail::enter(&jail)?;
     let socket = plan.control_socket.as_ref().map(|s| s.in_jail.as_path());
     run_vm(args, config, socket)
 }

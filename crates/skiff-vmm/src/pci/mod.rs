@@ -5,17 +5,17 @@
 pub mod acpi;
 pub mod balloon;
 pub mod bus;
+pub mod disk;
 pub mod interrupts;
 pub mod net;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use skiff_pci::PciRoot;
 use skiff_virtio::devices::balloon::Balloon;
-pub use skiff_virtio::devices::block::DiskFormat;
-use skiff_virtio::devices::block::{open_disk, Block, BlockOptions, DiskError};
+use skiff_virtio::devices::block::{Block, BlockOptions, DiskError, IoPool};
+pub use skiff_virtio::devices::block::{DiskFormat, IO_DEPTH};
 use skiff_virtio::devices::rng::Rng;
 use skiff_virtio::transport::TransportError;
 use skiff_virtio::worker::Worker;
@@ -31,16 +31,7 @@ use crate::VmmError;
 use bus::{BarWindow, ConfigPorts, Ecam};
 use interrupts::{GsiRouting, KvmMsiVectors, KvmNotifier};
 
-/// A disk as `skiff run` and the VM spec describe it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiskConfig {
-    pub path: PathBuf,
-    pub read_only: bool,
-    /// Serial number the guest reads (GET_ID); defaults to `vdN`-style names by position.
-    pub id: Option<String>,
-    /// Raw or qcow2; none: detected (`open_disk`).
-    pub format: Option<DiskFormat>,
-}
+pub use disk::DiskConfig;
 
 /// Which paravirtual devices the VM gets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,7 +48,8 @@ pub struct PciConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("disk {index}: {source}")]
+    /// The error names the disk's path.
+    #[error("{source}")]
     Disk { index: usize, source: DiskError },
     #[error("{name}: {source}")]
     Transport {
@@ -158,13 +150,22 @@ pub fn attach(
     };
     let mut disks = Vec::with_capacity(config.disks.len());
     for (index, disk) in config.disks.iter().enumerate() {
-        let file = open_disk(&disk.path, disk.read_only, disk.format)
+        let file = disk
+            .open()
             .map_err(|source| DeviceError::Disk { index, source })?;
         let options = BlockOptions {
             read_only: disk.read_only,
             id: disk.id.clone().unwrap_or_else(|| default_disk_id(index)),
         };
-        disks.push(builder.add(Block::new(file, options), DeviceRole::Block)?);
+        let name = format!("blk{index}");
+        let pool = IoPool::spawn(
+            &name,
+            IO_DEPTH,
+            &seccomp::spawner(Role::Device(DeviceRole::Block)),
+        )
+        .map_err(|source| DeviceError::Worker { name, source })?;
+        let block = Block::new(Arc::from(file), options).with_pool(pool);
+        disks.push(builder.add(block, DeviceRole::Block)?);
     }
     let (balloon, stats_timer) = match &config.balloon {
         Some(settings) => {

@@ -40,6 +40,11 @@ pub fn vhost_vsock_activation() -> [c_ulong; 8] {
     ]
 }
 
+/// virtio-blk on a block device: discard and write-zeroes (linux/fs.h: _IO(0x12, 119) and
+/// _IO(0x12, 127)).
+pub const BLKDISCARD: u64 = 0x1277;
+pub const BLKZEROOUT: u64 = 0x127f;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ pub(super) fn program(role: Role, mismatch: SeccompAction) -> Result<BpfProgram>
         Role::Device(device) => {
             worker(&mut rules);
             match device {
-                DeviceRole::Block => block(&mut rules),
+                DeviceRole::Block => block(&mut rules)?,
                 // Their queues and back ends are eventfds and the tap: read and write, which
                 // every worker has; the rng's getrandom and the balloon's discards
                 // (madvise(MADV_DONTNEED)) are in the base list.
@@ -121,18 +121,26 @@ fn worker(r: &mut Rules) {
         .allow(libc::SYS_read);
 }
 
-/// virtio-blk on a raw or qcow2 image: positioned reads and writes (vectored, straight between the
-/// image and guest memory), flush.
-fn block(r: &mut Rules) {
+/// virtio-blk on a raw image, a block device or a qcow2 image, on its worker and its I/O
+/// threads: positioned reads and writes (vectored, straight between the disk and guest
+/// memory; plain ones through cache=direct's bounce buffer and for written zeros), flush;
+/// discard and write-zeroes (fallocate on files, BLKDISCARD and BLKZEROOUT on devices).
+fn block(r: &mut Rules) -> Result<()> {
     r.allow(libc::SYS_pread64)
         .allow(libc::SYS_pwrite64)
         .allow(libc::SYS_preadv)
         .allow(libc::SYS_pwritev)
         .allow(libc::SYS_fdatasync)
         .allow(libc::SYS_fsync)
-        // qcow2 (imago): zeroing the rest of a newly allocated cluster (punch hole, zero
-        // range).
+        // Discard and write-zeroes on files; qcow2 (imago) zeroing the rest of a newly
+        // allocated cluster (punch hole, zero range).
         .allow(libc::SYS_fallocate);
+    r.allow_args(
+        libc::SYS_ioctl,
+        1,
+        &[ioctls::BLKDISCARD, ioctls::BLKZEROOUT],
+    )?;
+    Ok(())
 }
 
 /// stdin to the UART; sleeps while its FIFO is full.
@@ -352,6 +360,29 @@ mod tests {
         });
         assert!(read_only);
         assert_eq!(writable, Some(libc::EPERM));
+    }
+
+    #[test]
+    fn a_block_worker_may_discard_and_zero_but_no_other_ioctl() {
+        let (fallocate, discard, zeroout, other) =
+            confined(Role::Device(DeviceRole::Block), || {
+                // SAFETY: calls on an invalid descriptor fail harmlessly with EBADF when the
+                // filter lets them through; the range pointer is to a live array.
+                unsafe {
+                    let range = [0u64; 2];
+                    (
+                        errno_of(i64::from(libc::fallocate(-1, 0, 0, 4096))),
+                        errno_of(libc::ioctl(-1, ioctls::BLKDISCARD, range.as_ptr()) as i64),
+                        errno_of(libc::ioctl(-1, ioctls::BLKZEROOUT, range.as_ptr()) as i64),
+                        errno_of(libc::ioctl(-1, libc::TCGETS) as i64),
+                    )
+                }
+            });
+        assert_eq!(
+            (fallocate, discard, zeroout),
+            (libc::EBADF, libc::EBADF, libc::EBADF)
+        );
+        assert_eq!(other, libc::EPERM);
     }
 
     #[test]

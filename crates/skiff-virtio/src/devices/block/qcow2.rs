@@ -15,11 +15,12 @@ use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::FormatAccess;
 use vm_memory::VolatileSlice;
 
-use super::{Disk, DiskError};
+use super::{Disk, DiskError, StickyFlush};
 
 pub struct Qcow2Disk {
     image: FormatAccess<File>,
     len: u64,
+    flushed: StickyFlush,
 }
 
 impl Qcow2Disk {
@@ -29,15 +30,26 @@ impl Qcow2Disk {
     /// name a backing file: a guest that wrote a qcow2 header into a raw disk would
     /// otherwise make the VMM read a host file of its choosing at the next start.
     pub fn open(path: &Path, read_only: bool, declared: bool) -> Result<Self, DiskError> {
-        let name = || path.display().to_string();
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
             .map_err(|source| DiskError::Open {
-                path: name(),
+                path: path.display().to_string(),
                 source,
             })?;
+        Self::from_file(path, file, read_only, declared)
+    }
+
+    /// Like [`Qcow2Disk::open`], with the image already open (handed over by the daemon);
+    /// `path` names it and resolves its backing files.
+    pub fn from_file(
+        path: &Path,
+        file: std::fs::File,
+        read_only: bool,
+        declared: bool,
+    ) -> Result<Self, DiskError> {
+        let name = || path.display().to_string();
         let op = if read_only {
             libc::LOCK_SH
         } else {
@@ -63,7 +75,11 @@ impl Qcow2Disk {
         let image =
             skiff_images::open_qcow2(path, file, !read_only).map_err(|e| refused(e.to_string()))?;
         let len = image.size();
-        Ok(Qcow2Disk { image, len })
+        Ok(Qcow2Disk {
+            image,
+            len,
+            flushed: StickyFlush::default(),
+        })
     }
 
     /// Fills `bufs` from the image at `offset` (through the backing chain where the image
@@ -102,22 +118,29 @@ impl Disk for Qcow2Disk {
         self.len
     }
 
-    fn read_vectored_at(&mut self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
+    fn read_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
         self.read_at(bufs, offset)
     }
 
-    fn write_vectored_at(&mut self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
+    fn write_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
         self.write_at(bufs, offset)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.sync()
+    fn flush(&self) -> io::Result<()> {
+        self.flushed.flush(|| self.sync())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{open_disk, DiskFormat};
+    use super::super::{open_disk, DiskFormat, OpenMode};
+
+    fn rw(read_only: bool) -> OpenMode {
+        OpenMode {
+            read_only,
+            ..OpenMode::default()
+        }
+    }
     use super::*;
     use std::process::Command;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -159,14 +182,14 @@ mod tests {
             "2M",
         ]);
 
-        let refused = open_disk(&overlay, false, None)
+        let refused = open_disk(&overlay, rw(false), None)
             .err()
             .expect("undeclared backing");
         assert!(refused.to_string().contains("format=qcow2"), "{refused}");
-        let mut disk = open_disk(&overlay, false, Some(DiskFormat::Qcow2)).expect("open");
+        let disk = open_disk(&overlay, rw(false), Some(DiskFormat::Qcow2)).expect("open");
         assert_eq!(disk.len(), 2 << 20);
         assert!(matches!(
-            open_disk(&overlay, false, Some(DiskFormat::Qcow2)),
+            open_disk(&overlay, rw(false), Some(DiskFormat::Qcow2)),
             Err(DiskError::Locked { .. })
         ));
 
@@ -223,13 +246,16 @@ mod tests {
         let a = dir.path().join("a.qcow2");
         qemu_img(&["create", "-q", "-f", "qcow2", s(&a), "1M"]);
         qemu_img(&["rebase", "-u", "-b", "a.qcow2", "-F", "qcow2", s(&a)]);
-        let e = open_disk(&a, true, Some(DiskFormat::Qcow2))
+        let e = open_disk(&a, rw(true), Some(DiskFormat::Qcow2))
             .err()
             .expect("loop");
         assert!(e.to_string().contains("backing-file loop"), "{e}");
         // Without a backing file, a detected qcow2 image is served.
         let plain = dir.path().join("plain.qcow2");
         qemu_img(&["create", "-q", "-f", "qcow2", s(&plain), "1M"]);
-        assert_eq!(open_disk(&plain, true, None).expect("open").len(), 1 << 20);
+        assert_eq!(
+            open_disk(&plain, rw(true), None).expect("open").len(),
+            1 << 20
+        );
     }
 }
