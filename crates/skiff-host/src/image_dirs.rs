@@ -16,6 +16,9 @@ use crate::error::HostError;
 pub struct ImageDirs {
     /// Canonical paths; empty allows every path (tests and embedders of this library).
     dirs: Vec<PathBuf>,
+    /// Host block devices that may be disks (`--disk-device-pattern`), as fnmatch(3)
+    /// patterns on the path a spec gives.
+    device_patterns: Vec<String>,
 }
 
 impl ImageDirs {
@@ -41,7 +44,10 @@ impl ImageDirs {
                 Ok(canonical)
             })
             .collect::<io::Result<_>>()?;
-        Ok(ImageDirs { dirs })
+        Ok(ImageDirs {
+            dirs,
+            device_patterns: Vec::new(),
+        })
     }
 
     /// Allows `dir` (canonical) too, unless every path is allowed anyway.
@@ -53,6 +59,35 @@ impl ImageDirs {
 
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    /// Also allows disks on host block devices whose path matches one of `patterns`
+    /// (absolute shell patterns, `*` not crossing `/`: `/dev/mapper/vg0-*`).
+    pub fn with_device_patterns(mut self, patterns: &[String]) -> io::Result<ImageDirs> {
+        for pattern in patterns {
+            if !pattern.starts_with('/') || pattern.contains('\0') {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("disk device pattern `{pattern}` is not an absolute path pattern"),
+                ));
+            }
+        }
+        self.device_patterns = patterns.to_vec();
+        Ok(self)
+    }
+
+    /// Whether `path` names a block device the daemon may give a VM as a disk.
+    pub fn is_device(&self, path: &Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        self.device_patterns.iter().any(|pattern| {
+            std::ffi::CString::new(pattern.as_str()).is_ok_and(|pattern| {
+                // SAFETY: two NUL-terminated strings that outlive the call.
+                unsafe { libc::fnmatch(pattern.as_ptr(), name.as_ptr(), libc::FNM_PATHNAME) == 0 }
+            })
+        })
     }
 
     /// Refuses a path that does not resolve inside an image directory.
@@ -88,7 +123,7 @@ impl ImageDirs {
         if let Some(initrd) = &spec.initrd {
             self.check("initrd", initrd)?;
         }
-        for disk in &spec.disks {
+        for disk in spec.disks.iter().filter(|d| !self.is_device(&d.path)) {
             self.check("disks.path", &disk.path)?;
             // A qcow2 disk reads its backing files too: they must be inside as well.
             if disk.format != Some(skiff_api::DiskFormat::Raw) {
@@ -153,6 +188,21 @@ mod tests {
         assert!(dirs.check("disks.path", &back).is_ok());
         // A missing file names the field.
         assert!(message(dirs.check("kernel", &images.join("none"))).contains("kernel"));
+    }
+
+    #[test]
+    fn device_patterns_match_whole_path_components() {
+        let dirs = ImageDirs::unrestricted()
+            .with_device_patterns(&["/dev/mapper/vg0-*".into(), "/dev/loop[0-9]".into()])
+            .expect("patterns");
+        assert!(dirs.is_device(Path::new("/dev/mapper/vg0-web")));
+        assert!(dirs.is_device(Path::new("/dev/loop3")));
+        assert!(!dirs.is_device(Path::new("/dev/mapper/vg1-web")));
+        assert!(!dirs.is_device(Path::new("/dev/mapper/vg0-a/../../sda")));
+        assert!(!dirs.is_device(Path::new("/dev/loop10")));
+        assert!(ImageDirs::unrestricted()
+            .with_device_patterns(&["dev/sd*".into()])
+            .is_err());
     }
 
     #[test]

@@ -79,72 +79,16 @@ pub fn allocate_index(used: impl IntoIterator<Item = u32>) -> Option<u32> {
     (candidate < MAX_VMS).then_some(candidate)
 }
 
-/// Makes the VM's files usable by its jailed VMM, which opens them as `ids` (the jail
-/// bind-mounts them; the kernel checks the file's own permissions). Writable disks are given
-/// to the VM's uid and gid (chown; documented in docs/daemon.md) unless they are already its;
-/// the kernel, the initrd and read-only disks must be readable by it and are left as they
-/// are, since VMs may share them. `in_use` names the VM whose running VMM has a uid, if any:
-/// a writable disk owned by another running VM is refused (two VMs writing one file system
-/// corrupt it), and so is a setuid or setgid file (a program, not a disk: chown would clear
-/// those bits for good). Returns the disks it gave away.
-pub fn prepare_files(
-    spec: &VmSpec,
-    ids: JailIds,
-    in_use: impl Fn(u32) -> Option<String>,
-) -> Result<Vec<String>, HostError> {
-    let mut given = Vec::new();
+/// Checks that the VM's jailed VMM can read its kernel and initrd, which the jail
+/// bind-mounts (the kernel checks the files' own permissions). They are left as they are,
+/// since VMs may share them. Disks are not here: the daemon opens them and hands the VMM
+/// the open files (`disks`), so no disk is given to the VM's uid.
+pub fn prepare_files(spec: &VmSpec, ids: JailIds) -> Result<(), HostError> {
     must_be_readable("kernel", &spec.kernel, ids)?;
     if let Some(initrd) = &spec.initrd {
         must_be_readable("initrd", initrd, ids)?;
     }
-    for disk in &spec.disks {
-        if disk.read_only {
-            must_be_readable("disks.path", &disk.path, ids)?;
-            continue;
-        }
-        let meta = metadata("disks.path", &disk.path)?;
-        if let Some(other) = in_use(meta.uid()).filter(|_| meta.uid() != ids.uid) {
-            return Err(HostError::Conflict(format!(
-                "disks.path: {} is the writable disk of the running VM `{other}`",
-                disk.path.display()
-            )));
-        }
-        if meta.mode() & 0o6000 != 0 {
-            return Err(HostError::invalid(
-                "disks.path",
-                format!(
-                    "{} is setuid or setgid (mode {:o}): not given to a VM",
-                    disk.path.display(),
-                    meta.mode() & 0o7777
-                ),
-            ));
-        }
-        if (meta.uid(), meta.gid()) != (ids.uid, ids.gid) {
-            std::os::unix::fs::chown(&disk.path, Some(ids.uid), Some(ids.gid)).map_err(|e| {
-                HostError::invalid(
-                    "disks.path",
-                    format!(
-                        "cannot give {} to the VM's uid {}: {e}",
-                        disk.path.display(),
-                        ids.uid
-                    ),
-                )
-            })?;
-            given.push(disk.path.display().to_string());
-        }
-        if meta.mode() & 0o600 != 0o600 {
-            return Err(HostError::invalid(
-                "disks.path",
-                format!(
-                    "{} (mode {:o}) is not readable and writable by its owner, the VM's uid {}",
-                    disk.path.display(),
-                    meta.mode() & 0o7777,
-                    ids.uid
-                ),
-            ));
-        }
-    }
-    Ok(given)
+    Ok(())
 }
 
 fn metadata(field: &str, path: &Path) -> Result<std::fs::Metadata, HostError> {
@@ -234,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn writable_disks_are_given_to_the_vm_and_shared_files_only_checked() {
+    fn kernels_the_vm_cannot_read_are_refused_and_disks_left_alone() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let file = |name: &str, mode: u32| {
@@ -245,47 +189,23 @@ mod tests {
         };
         let kernel = file("kernel", 0o644);
         let disk = file("disk", 0o600);
-        let shared = file("shared", 0o644);
         let spec = VmSpec::from_json(
             &serde_json::json!({
                 "name": "a", "kernel": kernel, "memory": "64M",
-                "disks": [{ "path": disk }, { "path": shared, "read_only": true }],
+                "disks": [{ "path": disk }],
             })
             .to_string(),
         )
         .expect("spec");
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
         let ids = JailIds {
             uid: 200_001,
             gid: 200_002,
         };
-        let nobody = |_| None;
-        if root {
-            let given = prepare_files(&spec, ids, nobody).expect("prepare");
-            assert_eq!(given, [disk.display().to_string()]);
-            let meta = std::fs::metadata(&disk).expect("disk");
-            assert_eq!((meta.uid(), meta.gid()), (ids.uid, ids.gid));
-            assert_eq!(std::fs::metadata(&shared).expect("shared").uid(), 0);
-            assert!(
-                prepare_files(&spec, ids, nobody).expect("again").is_empty(),
-                "already the VM's"
-            );
-            let other = JailIds {
-                uid: 200_005,
-                gid: 200_005,
-            };
-            let running = |uid| (uid == ids.uid).then(|| "a".to_string());
-            let err = prepare_files(&spec, other, running).expect_err("a's disk");
-            assert!(matches!(err, HostError::Conflict(_)), "{err}");
-            assert!(err.to_string().contains("running VM `a`"), "{err}");
-            std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o4600))
-                .expect("chmod");
-            let err = prepare_files(&spec, ids, nobody).expect_err("setuid");
-            assert!(err.to_string().contains("setuid"), "{err}");
-        }
+        let owner = std::fs::metadata(&disk).expect("disk").uid();
+        prepare_files(&spec, ids).expect("prepare");
+        assert_eq!(std::fs::metadata(&disk).expect("disk").uid(), owner);
         std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let err = prepare_files(&spec, ids, nobody).expect_err("unreadable kernel");
+        let err = prepare_files(&spec, ids).expect_err("unreadable kernel");
         assert!(err.to_string().starts_with("kernel: "), "{err}");
         assert!(err.to_string().contains("--no-jail"), "{err}");
     }

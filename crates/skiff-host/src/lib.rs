@@ -9,6 +9,7 @@ mod cgroups;
 pub mod client;
 pub mod connections;
 pub mod crash_point;
+pub mod disks;
 pub mod error;
 pub mod image_dirs;
 pub mod images;

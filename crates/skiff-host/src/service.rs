@@ -485,9 +485,11 @@ impl Host {
         })?;
         let launched = self.jail_ids(name).and_then(|jail| {
             self.inner.config.image_dirs.check_spec(&spec)?;
-            self.prepare_jail(name, &spec, jail)?;
+            self.prepare_jail(&spec, jail)?;
+            let disks = crate::disks::open_all(&spec, &self.inner.config.image_dirs)?;
             let sharing = self.inner.config.memory.may_share(&spec.memory);
-            let pid = vmm::launch(&self.inner.config.vmm_bin, name, &paths, jail, sharing)
+            let vmm_bin = &self.inner.config.vmm_bin;
+            let pid = vmm::launch(vmm_bin, name, &paths, jail, sharing, &disks)
                 .and_then(|pid| Ok((pid, PidFd::open(pid)?)))
                 .map_err(|source| HostError::Launch {
                     name: name.to_string(),
@@ -567,31 +569,17 @@ impl Host {
         })
     }
 
-    /// Gives the VM's writable disks to its uid and checks that it can read the rest.
+    /// Checks that the VM's jailed VMM can read its kernel and initrd (its disks are
+    /// handed to it open: `disks`).
     fn prepare_jail(
         &self,
-        name: &str,
         spec: &skiff_api::VmSpec,
         jail: Option<JailIds>,
     ) -> Result<(), HostError> {
-        let Some(ids) = jail else {
-            return Ok(());
-        };
-        // Other VMs whose VMM runs, by the uid it runs as.
-        let running: BTreeMap<u32, String> = lock(&self.inner.vms)
-            .iter()
-            .filter(|(other, _)| *other != name)
-            .filter_map(|(other, e)| Some((e.record.process?.jail?.uid, other.clone())))
-            .collect();
-        for disk in jail::prepare_files(spec, ids, |uid| running.get(&uid).cloned())? {
-            log::info!(
-                "{name}: disk {disk} given to the VM's uid {} and gid {} (its jailed VMM \
-                 writes it)",
-                ids.uid,
-                ids.gid
-            );
+        match jail {
+            Some(ids) => jail::prepare_files(spec, ids),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Waits for a starting VMM's control socket, then calls it running.

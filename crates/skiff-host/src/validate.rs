@@ -42,8 +42,10 @@ pub fn check_spec(spec: &VmSpec, state_dir: &Path) -> Result<String, HostError> 
     if let Some(initrd) = &spec.initrd {
         must_be_file("initrd", initrd)?;
     }
+    // A disk may be a block device; what it is, is checked on the open file at each start
+    // (`disks`), each kind of refusal in its own words.
     for disk in &spec.disks {
-        must_be_file("disks.path", &disk.path)?;
+        must_exist("disks.path", &disk.path).map(|_| ())?;
     }
     let socket = crate::store::Store::socket_path_for(state_dir, &name);
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
@@ -59,6 +61,17 @@ pub fn check_spec(spec: &VmSpec, state_dir: &Path) -> Result<String, HostError> 
 }
 
 fn must_be_file(field: &str, path: &Path) -> Result<(), HostError> {
+    if must_exist(field, path)?.is_file() {
+        return Ok(());
+    }
+    Err(HostError::invalid(
+        field,
+        format!("{} is not a file", path.display()),
+    ))
+}
+
+/// The metadata of `path`, which must be absolute.
+fn must_exist(field: &str, path: &Path) -> Result<std::fs::Metadata, HostError> {
     if !path.is_absolute() {
         return Err(HostError::invalid(
             field,
@@ -68,17 +81,8 @@ fn must_be_file(field: &str, path: &Path) -> Result<(), HostError> {
             ),
         ));
     }
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(HostError::invalid(
-            field,
-            format!("{} is not a file", path.display()),
-        )),
-        Err(e) => Err(HostError::invalid(
-            field,
-            format!("{}: {e}", path.display()),
-        )),
-    }
+    std::fs::metadata(path)
+        .map_err(|e| HostError::invalid(field, format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -122,13 +123,15 @@ impl VmmClient {
 /// other side: the console survives a daemon restart. Without `page_sharing` its guest RAM
 /// is never mergeable (another sharing domain's VM, or one that opted out). Returns the PID
 /// of the process started: the VMM, or (jailed) its supervisor outside the jail's PID
-/// namespace.
+/// namespace. `disks` are the VM's disks, opened by the daemon (`disks`), in spec order:
+/// the VMM inherits them (`--disk-fd INDEX=FD`) and never opens the paths.
 pub fn launch(
     vmm_bin: &Path,
     name: &str,
     paths: &VmPaths,
     jail: Option<JailIds>,
     page_sharing: bool,
+    disks: &[OwnedFd],
 ) -> io::Result<i32> {
     make_fifo(&paths.console_in())?;
     // Read-write, so the VMM itself holds a writer and never sees end-of-file on its console
@@ -155,15 +158,27 @@ pub fn launch(
     if !page_sharing {
         command.arg("--no-page-sharing");
     }
+    let fds: Vec<RawFd> = disks.iter().map(AsRawFd::as_raw_fd).collect();
+    for (index, fd) in fds.iter().enumerate() {
+        command.arg("--disk-fd").arg(format!("{index}={fd}"));
+    }
     command
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // SAFETY: setsid and fcntl are async-signal-safe; the closure reads only its own copy
+    // of the descriptor numbers, allocated before the fork.
+    // The disks' descriptors are close-on-exec in the daemon (no other child gets them);
+    // only this child keeps them across its exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });

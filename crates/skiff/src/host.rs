@@ -66,6 +66,11 @@ struct DaemonArgs {
     /// path is refused [default: <state-dir>/images, created if missing].
     #[arg(long = "image-dir", value_name = "DIR")]
     image_dirs: Vec<PathBuf>,
+    /// Host block devices VMs may have as disks: a shell pattern on the path a spec gives,
+    /// e.g. '/dev/mapper/vg0-*' (repeatable; none by default). A writable one is opened
+    /// exclusively: one VM at a time, and never while mounted.
+    #[arg(long = "disk-device-pattern", value_name = "PATTERN")]
+    disk_device_patterns: Vec<String>,
     /// Rotate a VM's console log and VMM log past this size (the older part goes to
     /// `<log>.1`), e.g. 64M [default: 16M].
     #[arg(long, value_name = "SIZE")]
@@ -197,7 +202,9 @@ fn serve(args: DaemonArgs) -> Result<u8> {
     if let Some(domain) = &memory.sharing_domain {
         skiff_api::validate_domain(domain).context("--sharing-domain")?;
     }
-    let image_dirs = image_dirs(&args.state_dir, &args.image_dirs)?;
+    let image_dirs = image_dirs(&args.state_dir, &args.image_dirs)?
+        .with_device_patterns(&args.disk_device_patterns)
+        .context("--disk-device-pattern")?;
     let jail = match args.no_jail {
         true => None,
         false => Some(jail_config(args.jail_uid_base)?),

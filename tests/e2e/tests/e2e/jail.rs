@@ -21,6 +21,15 @@ fn status_field(status: &str, name: &str) -> String {
         .to_owned()
 }
 
+/// Whether the process at `proc` (/proc/PID) has `file` open.
+fn holds_open(proc: &Path, file: &Path) -> bool {
+    let want = std::fs::metadata(file).expect("file");
+    std::fs::read_dir(proc.join("fd"))
+        .expect("fd dir")
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .any(|m| (m.dev(), m.ino()) == (want.dev(), want.ino()))
+}
+
 #[test]
 fn a_jailed_vmm_sees_only_its_jail_and_holds_no_privilege() {
     let env = TestEnv::get();
@@ -67,7 +76,13 @@ fn a_jailed_vmm_sees_only_its_jail_and_holds_no_privilege() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     entries.sort();
-    assert_eq!(entries, ["dev", "disk0", "initrd", "kernel", "proc", "run"]);
+    assert_eq!(entries, ["dev", "initrd", "kernel", "proc", "run"]);
+    // The disk is not in the jail: the jailer opened it before entering, the VMM holds it.
+    assert!(
+        holds_open(&proc, &image),
+        "the VMM holds {} open",
+        image.display()
+    );
     let mut devices: Vec<String> = std::fs::read_dir(proc.join("root/dev"))
         .expect("jail dev")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -141,11 +156,11 @@ fn a_jailed_vmm_sees_only_its_jail_and_holds_no_privilege() {
     assert!(!socket.exists(), "the socket link is removed");
 }
 
-/// The host daemon jails every VMM it starts: a VM's writable disk is given to its uid and
-/// the guest writes it; the VMM holds no privilege; a kernel the VM's uid cannot read is
+/// The host daemon jails every VMM it starts: it opens the VM's writable disk and hands
+/// the VMM the open file, and the guest writes it; the VMM holds no privilege; a kernel the VM's uid cannot read is
 /// refused at start with the fix named; `--no-jail` starts VMMs as before.
 #[test]
-fn the_daemon_jails_its_vmms_and_gives_them_their_disks() {
+fn the_daemon_jails_its_vmms_and_hands_them_their_disks_open() {
     use skiff_host::model::{VmInfo, VmState};
 
     use crate::daemon::Daemon;
@@ -202,9 +217,9 @@ fn the_daemon_jails_its_vmms_and_gives_them_their_disks() {
     let jail = info.jail.clone().expect("jailed");
     let image_meta = std::fs::metadata(&image).expect("image");
     assert_eq!(
-        (image_meta.uid(), image_meta.gid()),
-        (jail.uid, jail.gid),
-        "the writable disk is the VM's"
+        image_meta.uid(),
+        0,
+        "the daemon hands the VMM its disk open: nothing is given away"
     );
     crate::cgroups::wait_for_file_text(
         Path::new(&info.console.log),
@@ -228,7 +243,8 @@ fn the_daemon_jails_its_vmms_and_gives_them_their_disks() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     entries.sort();
-    assert_eq!(entries, ["dev", "disk0", "initrd", "kernel", "proc", "run"]);
+    assert_eq!(entries, ["dev", "initrd", "kernel", "proc", "run"]);
+    assert!(holds_open(&proc, &image), "the VMM holds its disk open");
 
     // A power cut through the control socket: the supervisor empties the jail after it.
     let stopped = daemon
