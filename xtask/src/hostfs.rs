@@ -30,6 +30,15 @@ const HOST_MODULES: &[&str] = &[
     // its default compressor (the kernel cannot autoload it: there is no modules.dep).
     "lzo-rle",
     "zram",
+    // Managed networks (docs/network.md): nftables with NAT, conntrack, fib and named
+    // counters.
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nft_ct",
+    "nft_fib_inet",
+    "nft_objref",
 ];
 
 /// QEMU firmware the inner QEMU may need (pc with SeaBIOS or qboot, microvm).
@@ -62,6 +71,8 @@ pub mod layout {
     pub const QEMU_DATADIR: &str = "/usr/share/qemu";
     pub const MKE2FS: &str = "/usr/sbin/mke2fs";
     pub const QEMU_IMG: &str = "/usr/bin/qemu-img";
+    pub const NFT: &str = "/usr/sbin/nft";
+    pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
     pub const TMP: &str = "/tmp/skiff-e2e";
 }
 
@@ -151,6 +162,20 @@ fn base_archive(assets: &Assets) -> Result<PathBuf> {
     add_with_libraries(&mut fs, layout::MKE2FS, &mke2fs)?;
     let qemu_img = cmd::require("qemu-img", "qemu-utils")?;
     add_with_libraries(&mut fs, layout::QEMU_IMG, &qemu_img)?;
+    // Managed networks: the daemon runs nft and one dnsmasq per network, which drops to
+    // nobody/nogroup.
+    add_with_libraries(&mut fs, layout::NFT, &cmd::require("nft", "nftables")?)?;
+    add_with_libraries(
+        &mut fs,
+        layout::DNSMASQ,
+        &cmd::require("dnsmasq", "dnsmasq-base")?,
+    )?;
+    fs.bytes(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        0o644,
+    );
+    fs.bytes("/etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644);
     fs.copy(layout::KERNEL, &assets.kernel.bzimage)?;
     fs.copy(layout::VMLINUX, &assets.kernel.vmlinux)?;
     fs.copy(layout::INITRD, &assets.initrd)?;

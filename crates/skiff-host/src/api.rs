@@ -201,7 +201,7 @@ async fn console(
 
 /// Every route the server serves: (path, method, handler).
 fn table() -> Vec<(&'static str, Method, MethodRouter<Host>)> {
-    vec![
+    let mut table = vec![
         ("/openapi.json", Method::GET, get(openapi)),
         ("/metrics", Method::GET, get(metrics)),
         ("/host", Method::GET, get(host_status)),
@@ -220,7 +220,9 @@ fn table() -> Vec<(&'static str, Method, MethodRouter<Host>)> {
         ("/images", Method::POST, post(image_import)),
         ("/images/{name}", Method::GET, get(image_inspect)),
         ("/images/{name}", Method::DELETE, delete(image_remove)),
-    ]
+    ];
+    table.extend(crate::network_api::routes());
+    table
 }
 
 /// (method, path) of every route, for the OpenAPI check.

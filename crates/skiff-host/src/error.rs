@@ -19,6 +19,11 @@ pub enum HostError {
     /// The image store could not read or write its files.
     #[error("{0}")]
     ImageStore(String),
+    #[error("no {kind} named `{name}`")]
+    NotFoundNamed { kind: &'static str, name: String },
+    /// The host's network could not be set up (bridge, rules, dnsmasq, files).
+    #[error("network: {0}")]
+    Network(String),
     #[error("name: a VM named `{0}` exists already")]
     Duplicate(String),
     /// The VM's state does not allow the action.
@@ -52,12 +57,17 @@ impl HostError {
     pub fn status(&self) -> u16 {
         match self {
             HostError::Invalid { .. } | HostError::Malformed(_) => 400,
-            HostError::NotFound(_) | HostError::ImageNotFound(_) => 404,
+            HostError::NotFound(_)
+            | HostError::ImageNotFound(_)
+            | HostError::NotFoundNamed { .. } => 404,
             HostError::Duplicate(_) | HostError::Conflict(_) => 409,
             HostError::Admission { .. } => 409,
             // The VMM did not do what was asked: its state (ending, hung) is in the way.
             HostError::Vmm { .. } => 409,
-            HostError::Launch { .. } | HostError::Store(_) | HostError::ImageStore(_) => 500,
+            HostError::Launch { .. }
+            | HostError::Store(_)
+            | HostError::ImageStore(_)
+            | HostError::Network(_) => 500,
         }
     }
 }

@@ -18,6 +18,8 @@ pub mod log_rotation;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod network_api;
+pub mod networks;
 pub mod orphans;
 pub mod process;
 pub mod restart;

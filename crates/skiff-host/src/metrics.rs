@@ -224,6 +224,7 @@ mod tests {
                 paused_by_manager: false,
                 reclaim_wanted_bytes: 0,
             }),
+            addresses: Vec::new(),
         };
         let host = HostStatus {
             version: "0".into(),

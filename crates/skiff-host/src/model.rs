@@ -135,6 +135,9 @@ pub struct VmInfo {
     /// The memory manager's latest figures, while the VM runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<VmMemoryStatus>,
+    /// Its addresses on managed networks (docs/network.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<skiff_api::network::NicAddress>,
 }
 
 /// A jailed VMM's identity and root.

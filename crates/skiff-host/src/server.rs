@@ -129,6 +129,7 @@ pub async fn run(config: HostConfig, options: ServeOptions) -> Result<(), ServeE
     if let Some(task) = tcp_task {
         task.abort();
     }
+    host.networks().shutdown().await;
     let _ = std::fs::remove_file(&options.socket);
     Ok(())
 }

@@ -69,6 +69,7 @@ struct Inner {
     /// The memory manager's latest view of the host.
     memory: Mutex<Option<HostMemoryStatus>>,
     images: crate::images::Images,
+    networks: crate::networks::Networks,
 }
 
 /// One VM in memory: its persisted record plus what only a running daemon has.
@@ -162,6 +163,7 @@ impl VmEntry {
                 log: self.paths.console_log().display().to_string(),
             },
             memory: self.memory.clone(),
+            addresses: self.record.addresses.clone(),
         }
     }
 }
@@ -185,6 +187,7 @@ impl Host {
         let store = Store::open(&config.state_dir)?;
         let images = crate::images::Images::open(&config.state_dir)?;
         config.image_dirs.allow(images.root());
+        let networks = crate::networks::Networks::open(&config.state_dir, "dnsmasq".into()).await?;
         let mut vms = BTreeMap::new();
         for (name, record) in store.load_all()? {
             let paths = store.paths(&name);
@@ -200,6 +203,7 @@ impl Host {
                 started: Instant::now(),
                 memory: Mutex::new(None),
                 images,
+                networks,
             }),
         };
         for name in names {
@@ -214,6 +218,11 @@ impl Host {
 
     pub fn images(&self) -> &crate::images::Images {
         &self.inner.images
+    }
+
+    /// The managed networks (`networks.rs`).
+    pub fn networks(&self) -> &crate::networks::Networks {
+        &self.inner.networks
     }
 
     fn with_vm<R>(
@@ -377,7 +386,7 @@ impl Host {
 
     /// Defines a VM from a JSON spec; starts it too when `start` is set.
     pub async fn create(&self, body: &[u8], start: bool) -> Result<VmInfo, HostError> {
-        let spec = validate::parse_spec(body)?;
+        let mut spec = validate::parse_spec(body)?;
         let name = validate::check_spec(&spec, &self.inner.config.state_dir)?;
         self.inner.config.image_dirs.check_spec(&spec)?;
         {
@@ -394,6 +403,13 @@ impl Host {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let addresses = match self.inner.networks.attach(&name, &mut spec) {
+                Ok(addresses) => addresses,
+                Err(e) => {
+                    let _ = self.inner.store.remove(&name);
+                    return Err(e);
+                }
+            };
             let record = VmRecord {
                 spec,
                 desired: Desired::Stopped,
@@ -402,10 +418,12 @@ impl Host {
                 restarts: 0,
                 process: None,
                 jail_index: None,
+                addresses,
             };
             let entry = VmEntry::new(record, paths);
             if let Err(e) = self.persist(&name, &entry) {
                 let _ = self.inner.store.remove(&name);
+                let _ = self.inner.networks.release(&name);
                 return Err(e);
             }
             vms.insert(name.clone(), entry);
@@ -746,6 +764,9 @@ impl Host {
                 } else {
                     self.inner.store.remove(name)?;
                     vms.remove(name);
+                    if let Err(e) = self.inner.networks.release(name) {
+                        log::error!("{name}: cannot free its network addresses: {e}");
+                    }
                     true
                 }
             };

@@ -31,6 +31,9 @@ pub struct VmRecord {
     /// deleted: its VMM's uid and gid are the daemon's `--jail-uid-base` plus this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail_index: Option<u32>,
+    /// The VM's addresses on managed networks, leased when it was created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<skiff_api::network::NicAddress>,
 }
 
 /// Enough to find a VMM again after the daemon restarts, and not mistake another process
@@ -298,6 +301,7 @@ mod tests {
                 }),
             }),
             jail_index: Some(3),
+            addresses: Vec::new(),
         }
     }
 

@@ -1,11 +1,12 @@
 //! `skiff`: run a VM in this process (`skiff run`), run the host daemon (`skiff host`) and
-//! manage its VMs (`skiff vm`) and images (`skiff image`).
+//! manage its VMs (`skiff vm`), images (`skiff image`) and networks (`skiff network`).
 
 mod api_client;
 mod attach;
 mod ctl;
 mod host;
 mod image;
+mod network;
 mod vm;
 
 use std::ffi::OsString;
@@ -40,6 +41,8 @@ enum Command {
     Vm(Box<vm::VmArgs>),
     /// Manage the daemon's disk images (import, ls, inspect, rm).
     Image(image::ImageArgs),
+    /// Manage the host daemon's networks (addresses, DHCP, DNS, NAT, isolation).
+    Network(network::NetworkArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Host(args) => host::run(*args),
         Command::Vm(args) => vm::run(*args),
         Command::Image(args) => image::run(args),
+        Command::Network(args) => network::run(args),
     })
 }
 

@@ -339,10 +339,33 @@ fn read_spec(path: &Path) -> Result<VmSpec> {
 /// An aligned table: NAME STATE VCPUS MEMORY PID RESTARTS, then the memory manager's
 /// figures in MiB (`-` while it has none): TARGET ALLOC ACTIVE BALLOON SHARED. PID is the
 /// VMM's (a jailed VMM's, not its supervisor's: the process that uses the VM's CPU and memory).
+/// ADDRESSES: NETWORK:IP of each NIC on a managed network.
 fn table(vms: &[VmInfo]) -> String {
+    let addresses = |vm: &VmInfo| {
+        let all: Vec<String> = vm
+            .addresses
+            .iter()
+            .map(|a| format!("{}:{}", a.network, a.ip))
+            .collect();
+        if all.is_empty() {
+            "-".to_string()
+        } else {
+            all.join(",")
+        }
+    };
     let header = [
-        "NAME", "STATE", "VCPUS", "MEMORY", "PID", "RESTARTS", "TARGET", "ALLOC", "ACTIVE",
-        "BALLOON", "SHARED",
+        "NAME",
+        "STATE",
+        "VCPUS",
+        "MEMORY",
+        "PID",
+        "RESTARTS",
+        "TARGET",
+        "ALLOC",
+        "ACTIVE",
+        "BALLOON",
+        "SHARED",
+        "ADDRESSES",
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
     for vm in vms {
@@ -363,6 +386,7 @@ fn table(vms: &[VmInfo]) -> String {
             mib(|m| m.active_bytes),
             mib(|m| m.ballooned_bytes),
             mib(|m| m.shared_bytes),
+            addresses(vm),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -405,6 +429,7 @@ mod tests {
                 log: String::new(),
             },
             memory: None,
+            addresses: Vec::new(),
         };
         let text = table(&[vm("a", Some(12345)), vm("a-much-longer-name", None)]);
         let lines: Vec<&str> = text.lines().collect();

@@ -343,6 +343,7 @@ mod tests {
                 log: "/s/log".into(),
             },
             memory: None,
+            addresses: Vec::new(),
         }
     }
 
