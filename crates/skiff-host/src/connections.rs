@@ -118,6 +118,12 @@ impl InFlight {
         activity.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(activity)
     }
+
+    /// A piece of the body went out; the closure that sends them holds `self` until the
+    /// body ends (calling this makes it hold `self` at all).
+    fn still_sending(&self) {
+        self.0.touch();
+    }
 }
 
 impl Drop for InFlight {
@@ -166,7 +172,7 @@ where
             response.await.map(|response| {
                 response.map(|body| {
                     axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
-                        let _ = &in_flight;
+                        in_flight.still_sending();
                         f
                     }))
                 })
@@ -184,5 +190,39 @@ where
             }
         }
         () = activity.idle() => log::debug!("API connection idle for {IDLE_TIMEOUT:?}: closed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer whose body takes longer than IDLE_TIMEOUT to send (an image import's
+    /// progress) is not cut: the request is in progress until its body ends.
+    #[tokio::test]
+    async fn a_slow_streamed_answer_outlives_the_idle_timeout() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let socket = dir.path().join("s.sock");
+        let step = IDLE_TIMEOUT / 2 + Duration::from_secs(1);
+        let router = Router::new().route(
+            "/slow",
+            axum::routing::get(move || async move {
+                let chunks = futures_util::stream::unfold(0u8, move |n| async move {
+                    if n == 3 {
+                        return None;
+                    }
+                    if n > 0 {
+                        tokio::time::sleep(step).await;
+                    }
+                    Some((Ok::<_, std::convert::Infallible>(vec![b'a' + n]), n + 1))
+                });
+                axum::body::Body::from_stream(chunks)
+            }),
+        );
+        let listener = UnixListener::bind(&socket).expect("bind");
+        tokio::spawn(serve_unix(listener, router, 4));
+        let client = crate::Client::new(crate::Endpoint::Unix(socket), None);
+        let response = client.request("GET", "/slow", None).await.expect("answer");
+        assert_eq!((response.status, response.text().as_str()), (200, "abc"));
     }
 }
