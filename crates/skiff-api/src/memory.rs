@@ -7,6 +7,20 @@ use serde::{Deserialize, Serialize};
 /// A reclaim request stops after this long with what it has (its report says so), so a
 /// VMM's control socket, which serves one request at a time, stays live; clients wait this
 /// long plus a margin for its answer.
+/// What a VM's VMM may hold beyond its guest memory before its control group's memory limit
+/// stops it: its own heap and threads (about 3 MiB), KVM's page tables (about 1/512 of guest
+/// memory) and the page cache of its disks, with room to spare: 64 MiB + 1/64 of the guest's
+/// memory. The limit is enforced, so it must never be reached by a healthy VMM.
+pub fn vmm_overhead_bound(memory_bytes: u64) -> u64 {
+    (64 << 20) + memory_bytes / 64
+}
+
+/// The memory limit of a VM's control group (`memory.max`, v1 `memory.limit_in_bytes`): its
+/// guest memory plus [`vmm_overhead_bound`].
+pub fn vm_memory_limit(memory_bytes: u64) -> u64 {
+    memory_bytes.saturating_add(vmm_overhead_bound(memory_bytes))
+}
+
 pub const RECLAIM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Working-set sampling (`[working_set]` in a VM spec): every period the VMM write-protects

@@ -1,6 +1,7 @@
 //! `skiff run --cgroup NAME`: the VMM moves itself into its VM's control group
 //! (`skiff/NAME`) before it starts any thread, so every vCPU and device thread is born there
-//! and the spec's `cpu` weight and limit cover the whole VM.
+//! and the spec's `cpu` weight and limit cover the whole VM, and its memory is limited to the
+//! guest's plus the VMM's overhead bound (`skiff_api::memory::vm_memory_limit`).
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -34,9 +35,11 @@ impl CgroupArgs {
     }
 }
 
-/// Creates or re-opens the group, sets its CPU controls and moves this process into it.
-/// Settings not given are reset to their defaults: a re-used group keeps nothing stale.
-pub fn join(args: &CgroupArgs, cpu: &CpuSpec) -> Result<Option<Cgroup>> {
+/// Creates or re-opens the group, sets its CPU controls and memory limit (for a VM of
+/// `memory_bytes`) and moves this process into it. Settings not given are reset to their
+/// defaults: a re-used group keeps nothing stale. Done before the jail: a VMM its guest took
+/// over has neither the capabilities nor the cgroup file system to undo it.
+pub fn join(args: &CgroupArgs, cpu: &CpuSpec, memory_bytes: u64) -> Result<Option<Cgroup>> {
     let Some(name) = &args.cgroup else {
         if *cpu != CpuSpec::default() {
             log::warn!("the spec's cpu shares and quota need --cgroup NAME; not applied");
@@ -49,11 +52,21 @@ pub fn join(args: &CgroupArgs, cpu: &CpuSpec) -> Result<Option<Cgroup>> {
     group.set_cpu_shares(shares)?;
     let quota = cpu.quota.map(CpuQuota::from_percent).transpose()?;
     group.set_cpu_quota(quota)?;
+    let limit = skiff_api::memory::vm_memory_limit(memory_bytes);
+    match group.set_memory_limit(Some(limit)) {
+        Ok(()) => {}
+        // A v1 host without the memory controller mounted: nothing to limit with.
+        Err(skiff_cgroups::CgroupError::NoController { .. }) => {
+            log::warn!("no memory controller: the VM's memory is not limited")
+        }
+        Err(e) => return Err(e.into()),
+    }
     group.add_process(std::process::id())?;
     log::info!(
-        "in cgroup {} ({hierarchy}): {shares} shares, quota {}",
+        "in cgroup {} ({hierarchy}): {shares} shares, quota {}, memory limit {} MiB",
         group.path().display(),
-        quota.map_or("none".to_string(), |q| format!("{:.2} CPUs", q.cpus()))
+        quota.map_or("none".to_string(), |q| format!("{:.2} CPUs", q.cpus())),
+        limit >> 20
     );
     Ok(Some(group))
 }

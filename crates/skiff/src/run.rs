@@ -256,7 +256,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
 fn boot_and_wait(args: RunArgs) -> Result<u8> {
     let spec = args.spec()?;
     // Before any thread starts (and before the jail's fork): they are all born in the group.
-    cgroup::join(&args.cgroup, &spec.cpu)?;
+    cgroup::join(&args.cgroup, &spec.cpu, spec.memory.size.bytes())?;
     let (Some(dir), Some(uid), Some(gid)) = (&args.jail.jail, args.jail.uid, args.jail.gid) else {
         let mut config = args.vm_config(&spec);
         args.adopt_disks(&mut config)?;

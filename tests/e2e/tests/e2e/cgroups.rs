@@ -274,7 +274,7 @@ fn daemon_vms_with_shares_2_to_1_split_a_cpu() {
 }
 
 /// `skiff run --cgroup NAME --cpu-quota 25`: a VM that would take a whole CPU gets about a
-/// quarter of one.
+/// quarter of one; its group's memory limit is its memory plus the VMM's overhead bound.
 #[test]
 fn quota_caps_a_busy_vm_at_a_quarter_cpu() {
     let name = "e2e-quota-25";
@@ -282,6 +282,16 @@ fn quota_caps_a_busy_vm_at_a_quarter_cpu() {
     wait_spinning(&mut vm);
     assert_threads_in_group(vm.pid(), name);
     let group = open_group(name);
+    // The memory limit: the guest's 256 MiB plus the stated overhead bound (64 + 4 MiB).
+    assert_eq!(
+        group.memory_limit().expect("memory limit"),
+        Some(skiff_api::memory::vm_memory_limit(256 << 20)),
+        "memory limit of skiff/{name}"
+    );
+    assert_eq!(
+        skiff_api::memory::vm_memory_limit(256 << 20),
+        (256 + 68) << 20
+    );
     let stat = || -> CpuStat { group.cpu_stat().expect("cpu stat") };
 
     let (before_time, before) = (process_cpu_time(vm.pid()), stat());
