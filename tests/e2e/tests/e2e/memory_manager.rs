@@ -309,8 +309,44 @@ fn the_idle_tax_gives_the_busy_vm_more() {
     );
 }
 
+/// The VmFlags of a process's largest mapping (a VMM's guest RAM), from /proc/PID/smaps.
+fn guest_ram_flags(pid: i32) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut largest = (0u64, Vec::new());
+    let mut size = 0;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Size:") {
+            size = kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if size > largest.0 {
+                largest = (size, flags.split_whitespace().map(String::from).collect());
+            }
+        }
+    }
+    largest.1
+}
+
+fn ksm(name: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{name}"))
+        .expect("ksm sysfs")
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+/// Pages KSM merged for process `pid` (`/proc/PID/ksm_merging_pages`).
+fn ksm_merging_pages(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/ksm_merging_pages"))
+        .expect("ksm_merging_pages")
+        .trim()
+        .parse()
+        .expect("number")
+}
+
 /// Page sharing only within the host's sharing domain: KSM merges any mergeable memory, so
-/// a VM of another domain, or one that opted out, runs unmergeable.
+/// a VM of another domain, or one that opted out, runs unmergeable. Checked from the kernel's
+/// side too: only the domain's VMM has `mg` on its guest RAM in smaps, and after two full
+/// KSM scans the others have no merged page.
 #[test]
 fn only_the_host_sharing_domain_is_mergeable() {
     let env = TestEnv::get();
@@ -362,4 +398,30 @@ fn only_the_host_sharing_domain_is_mergeable() {
     assert_eq!(of("in-a"), Some(true), "{mergeable:?}");
     assert_eq!(of("a-opted-out"), Some(false), "{mergeable:?}");
     assert_eq!(of("no-domain"), Some(false), "{mergeable:?}");
+
+    let vmm = |name: &str| daemon.info(name).vmm_pid.expect("VMM pid");
+    for (name, domain) in [("in-a", true), ("a-opted-out", false), ("no-domain", false)] {
+        let flags = guest_ram_flags(vmm(name));
+        assert_eq!(
+            flags.iter().any(|f| f == "mg"),
+            domain,
+            "{name}'s guest RAM flags: {flags:?}"
+        );
+    }
+    let was_running = ksm("run");
+    std::fs::write("/sys/kernel/mm/ksm/run", "1").expect("start KSM");
+    let scans = ksm("full_scans");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while ksm("full_scans") < scans + 2 {
+        assert!(Instant::now() < deadline, "KSM never finished two scans");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let merged: Vec<(&str, u64)> = ["in-a", "a-opted-out", "no-domain"]
+        .into_iter()
+        .map(|name| (name, ksm_merging_pages(vmm(name))))
+        .collect();
+    std::fs::write("/sys/kernel/mm/ksm/run", was_running.to_string()).expect("restore KSM");
+    eprintln!("memory_manager: KSM merging pages after two full scans: {merged:?}");
+    assert_eq!(merged[1].1, 0, "{merged:?}");
+    assert_eq!(merged[2].1, 0, "{merged:?}");
 }
