@@ -15,6 +15,8 @@
 //! | 0x10000-0x1ffff | a hole (not RAM, like the PCI hole) |
 //! | 0x20000-0x2ffff | more RAM |
 
+pub mod pci;
+
 use std::num::Wrapping;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
