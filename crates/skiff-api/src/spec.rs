@@ -360,8 +360,13 @@ impl VmSpec {
         if self.kernel.as_os_str().is_empty() {
             return Err(SpecError::invalid("kernel", "must name a kernel image"));
         }
-        if self.cmdline.contains('\0') {
-            return Err(SpecError::invalid("cmdline", "must not contain NUL"));
+        // Control characters (NUL, newline, tab, ESC ...) have no use on a kernel command
+        // line, and a newline or ESC would garble every log line and terminal that shows it.
+        if let Some(c) = self.cmdline.chars().find(|c| c.is_ascii_control()) {
+            return Err(SpecError::invalid(
+                "cmdline",
+                format!("must not contain control characters ({:?})", c),
+            ));
         }
         if self.balloon.stats_interval_secs > crate::balloon::MAX_STATS_INTERVAL_SECS {
             return Err(SpecError::invalid(
@@ -648,5 +653,21 @@ mod readme_example {
         let spec = VmSpec::from_toml(&body[..end]).expect("README example is a valid spec");
         assert_eq!(spec.vcpus, 2);
         assert_eq!(spec.name.as_deref(), Some("web-1"));
+    }
+
+    #[test]
+    fn a_cmdline_with_control_characters_is_refused() {
+        for bad in [
+            "console=ttyS0\nroot=/dev/vda",
+            "a\tb",
+            "x\u{1b}[2J",
+            "nul\0",
+        ] {
+            let json = serde_json::json!({ "kernel": "/k", "memory": "64M", "cmdline": bad });
+            let err = VmSpec::from_json(&json.to_string()).expect_err(bad);
+            assert!(err.to_string().contains("cmdline"), "{err}");
+        }
+        let fine = serde_json::json!({ "kernel": "/k", "memory": "64M", "cmdline": "console=ttyS0 quiet é" });
+        assert!(VmSpec::from_json(&fine.to_string()).is_ok());
     }
 }

@@ -20,8 +20,11 @@ use crate::service::Host;
 
 /// The OpenAPI document, kept in the repository and served as is.
 pub const OPENAPI: &str = include_str!("../openapi.json");
-/// The console tail `GET /vms/{name}/console` returns by default.
+/// The console tail `GET /vms/{name}/console` returns by default, and the most it returns.
 const DEFAULT_CONSOLE_BYTES: u64 = 64 * 1024;
+pub const MAX_CONSOLE_BYTES: u64 = 16 << 20;
+/// The longest `?timeout_secs=` of a stop (a day).
+pub const MAX_STOP_TIMEOUT_SECS: u64 = 86_400;
 
 impl IntoResponse for HostError {
     fn into_response(self) -> Response {
@@ -165,6 +168,12 @@ async fn stop(
     q: Result<Query<StopQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let q = query(q)?;
+    if q.timeout_secs.is_some_and(|t| t > MAX_STOP_TIMEOUT_SECS) {
+        return Err(HostError::invalid(
+            "timeout_secs",
+            format!("must be at most {MAX_STOP_TIMEOUT_SECS}"),
+        ));
+    }
     let timeout = q.timeout_secs.map(Duration::from_secs);
     Ok(Json(host.stop(&name, timeout, q.force).await?))
 }
@@ -193,6 +202,12 @@ async fn console(
     q: Result<Query<ConsoleQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let bytes = query(q)?.bytes.unwrap_or(DEFAULT_CONSOLE_BYTES);
+    if bytes > MAX_CONSOLE_BYTES {
+        return Err(HostError::invalid(
+            "bytes",
+            format!("must be at most {MAX_CONSOLE_BYTES}"),
+        ));
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         host.console_log(&name, bytes)?,
