@@ -82,7 +82,11 @@ fn a_jailed_vmm_holds_only_its_devices() {
     let vmm = info.vmm_pid.expect("VMM pid");
     let fds = open_files(vmm);
     eprintln!("hardening: the jailed VMM's descriptors: {fds:?}");
-    let stdio: Vec<u32> = fds.iter().map(|(fd, _)| *fd).take_while(|fd| *fd < 3).collect();
+    let stdio: Vec<u32> = fds
+        .iter()
+        .map(|(fd, _)| *fd)
+        .take_while(|fd| *fd < 3)
+        .collect();
     assert_eq!(stdio, [0, 1, 2], "{fds:?}");
     let unexpected: Vec<&(u32, String)> = fds
         .iter()

@@ -316,7 +316,12 @@ fn guest_ram_flags(pid: i32) -> Vec<String> {
     let mut size = 0;
     for line in smaps.lines() {
         if let Some(kib) = line.strip_prefix("Size:") {
-            size = kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            size = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
         } else if let Some(flags) = line.strip_prefix("VmFlags:") {
             if size > largest.0 {
                 largest = (size, flags.split_whitespace().map(String::from).collect());
