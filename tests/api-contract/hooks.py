@@ -1,11 +1,10 @@
 """schemathesis hooks for `skiff host` (tests/api-contract/schemathesis.toml).
 
-A generated VM spec names a kernel that does not exist, so every POST /vms would be refused
-and the stateful phase would never reach the routes that take a VM's name. Where the
-generated kernel is a non-empty string (a schema-valid one), it becomes the image the test
-put in the daemon's image directory ($SKIFF_CONTRACT_KERNEL), and host files and devices
-that cannot exist here (initrd, disks, taps, vsock) are dropped. Nothing else changes: a
-body that was invalid for another reason stays invalid.
+A generated VM spec names files that do not exist, so every POST /vms would be refused and
+the stateful phase would never reach the routes that take a VM's name. Each file path that
+is a non-empty string (a schema-valid one) becomes the image the test put in place
+($SKIFF_CONTRACT_KERNEL): the kernel, the initrd, each disk's path. Nothing else changes,
+so a body that was invalid for another reason stays invalid.
 """
 
 import os
@@ -13,14 +12,24 @@ import os
 import schemathesis
 
 
+def _real(value, image):
+    return image if isinstance(value, str) and value else value
+
+
 @schemathesis.hook
 def map_body(context, body):
+    image = os.environ.get("SKIFF_CONTRACT_KERNEL")
     if context.operation.method.upper() != "POST" or context.operation.path != "/vms":
         return body
-    kernel = os.environ.get("SKIFF_CONTRACT_KERNEL")
-    if kernel and isinstance(body, dict) and isinstance(body.get("kernel"), str) and body["kernel"]:
-        body = dict(body)
-        body["kernel"] = kernel
-        for field in ("initrd", "disks", "nics", "vsock"):
-            body.pop(field, None)
+    if not image or not isinstance(body, dict):
+        return body
+    body = dict(body)
+    for field in ("kernel", "initrd"):
+        if field in body:
+            body[field] = _real(body[field], image)
+    if isinstance(body.get("disks"), list):
+        body["disks"] = [
+            dict(disk, path=_real(disk.get("path"), image)) if isinstance(disk, dict) else disk
+            for disk in body["disks"]
+        ]
     return body

@@ -236,14 +236,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // Opened now: once the VM runs, its main thread may open nothing (seccomp), and a jailed
     // VMM could not reach the path. It stays empty until the VM ends, which a reader takes
     // for "no status", as it does a missing file.
-    let status_file = args
+    let mut status_file = args
         .status_file
         .as_ref()
         .map(|path| {
             std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))
         })
         .transpose()?;
-    let result = boot_and_wait(args);
+    let result = boot_and_wait(args, &mut status_file);
     if let Some(mut file) = status_file {
         let code = result.as_ref().map_or(1, |code| *code);
         if let Err(e) = file.write_all(format!("{code}\n").as_bytes()) {
@@ -253,7 +253,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
     result
 }
 
-fn boot_and_wait(args: RunArgs) -> Result<u8> {
+/// `status_file` is the supervisor's: a jailed VMM closes it (it may not write the host's
+/// record of how it ended).
+fn boot_and_wait(args: RunArgs, status_file: &mut Option<std::fs::File>) -> Result<u8> {
     let spec = args.spec()?;
     // Before any thread starts (and before the jail's fork): they are all born in the group.
     cgroup::join(&args.cgroup, &spec.cpu, spec.memory.size.bytes())?;
@@ -274,6 +276,7 @@ fn boot_and_wait(args: RunArgs) -> Result<u8> {
             Ok(jail::supervise(child, &plan))
         }
         Forked::Child => {
+            drop(status_file.take());
             // The supervisor reports the status (and writes the status file): the child
             // ends here, never returning into the caller's clean-up.
             let code = run_jailed(&args, &plan).unwrap_or_else(|e| {
