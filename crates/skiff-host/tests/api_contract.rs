@@ -62,7 +62,8 @@ async fn schemathesis_finds_nothing_against_the_document() {
     let st = schemathesis();
     let dir = tempfile::tempdir().expect("tempdir");
     let kernel = dir.path().join("vmlinuz");
-    std::fs::write(&kernel, b"not really a kernel").expect("write");
+    // Also every generated disk (tests/api-contract/hooks.py): whole 512-byte sectors.
+    std::fs::write(&kernel, [0u8; 4096]).expect("write");
     let vmm_bin = dir.path().join("fake-vmm");
     std::fs::write(&vmm_bin, "#!/bin/sh\nexec sleep 20\n").expect("write");
     std::fs::set_permissions(&vmm_bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
