@@ -39,6 +39,8 @@ const HOST_MODULES: &[&str] = &[
     "nft_ct",
     "nft_fib_inet",
     "nft_objref",
+    // `iifname` and the like in bridge-family rules.
+    "nft_meta_bridge",
 ];
 
 /// QEMU firmware the inner QEMU may need (pc with SeaBIOS or qboot, microvm).

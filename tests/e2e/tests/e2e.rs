@@ -34,6 +34,8 @@ mod memory;
 mod memory_manager;
 #[path = "e2e/net.rs"]
 mod net;
+#[path = "e2e/network.rs"]
+mod network;
 #[path = "e2e/overcommit.rs"]
 mod overcommit;
 #[path = "e2e/page_sharing.rs"]

@@ -173,7 +173,7 @@ impl Daemon {
     }
 
     /// Ends the daemon as a crash or an upgrade would; its VMMs keep running.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
