@@ -13,15 +13,16 @@ use sha2::{Digest, Sha256};
 use crate::cmd;
 use crate::paths;
 
-/// Debian packages the host side needs (for QEMU, busybox, mke2fs and cpio; qemu-img for
-/// skiff-images' tests; python3-venv for the OpenAPI validator that skiff-host's tests
-/// install from PyPI; nft and dnsmasq for managed networks, in skiff-net's tests and in the
-/// emulated host).
+/// Debian packages the host side needs (for QEMU, busybox, mke2fs, dmsetup and cpio;
+/// qemu-img for skiff-images' tests; python3-venv for the OpenAPI validator that
+/// skiff-host's tests install from PyPI; nft and dnsmasq for managed networks, in
+/// skiff-net's tests and in the emulated host).
 pub const HOST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
     "e2fsprogs",
+    "dmsetup",
     "python3-venv",
     "qemu-utils",
     "nftables",

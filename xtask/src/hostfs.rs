@@ -1,5 +1,5 @@
 //! The emulated host's file system: a cached base archive (busybox, KVM modules, QEMU,
-//! mke2fs, qemu-img, the guest assets, /init from scripts/host-init.sh) and a per-run archive
+//! mke2fs, qemu-img, dmsetup, the guest assets, /init from scripts/host-init.sh) and a per-run archive
 //! (binaries with their libraries, environment, command), concatenated into one initrd:
 //! the kernel unpacks concatenated cpio archives in order.
 
@@ -41,6 +41,9 @@ const HOST_MODULES: &[&str] = &[
     "nft_objref",
     // `iifname` and the like in bridge-family rules.
     "nft_meta_bridge",
+    // Host block devices as disks (e2e storage tests): loop devices, device-mapper.
+    "loop",
+    "dm-mod",
 ];
 
 /// QEMU firmware the inner QEMU may need (pc with SeaBIOS or qboot, microvm).
@@ -75,6 +78,7 @@ pub mod layout {
     pub const QEMU_IMG: &str = "/usr/bin/qemu-img";
     pub const NFT: &str = "/usr/sbin/nft";
     pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+    pub const DMSETUP: &str = "/usr/sbin/dmsetup";
     pub const TMP: &str = "/tmp/skiff-e2e";
 }
 
@@ -178,6 +182,8 @@ fn base_archive(assets: &Assets) -> Result<PathBuf> {
         0o644,
     );
     fs.bytes("/etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644);
+    let dmsetup = cmd::require("dmsetup", "dmsetup")?;
+    add_with_libraries(&mut fs, layout::DMSETUP, &dmsetup)?;
     fs.copy(layout::KERNEL, &assets.kernel.bzimage)?;
     fs.copy(layout::VMLINUX, &assets.kernel.vmlinux)?;
     fs.copy(layout::INITRD, &assets.initrd)?;

@@ -64,6 +64,10 @@ COMMANDS
       request in flight: the queue depth is T. Writes end with fdatasync,
       counted in the time. Prints mode, threads, block_bytes, ops, bytes,
       elapsed_s, throughput_mib_s, iops.
+  zero-range DEV OFFSET_MIB LEN_MIB [--punch]
+      Zero LEN_MIB MiB of block device DEV from OFFSET_MIB: BLKZEROOUT (the
+      disk keeps the space), or with --punch fallocate(PUNCH_HOLE) (the disk may
+      give it back: virtio-blk's write-zeroes with unmap). Prints zeroed_bytes.
   virtio-abuse PCI_ADDRESS CASE... [--other PATH]
       Take the virtio-rng or virtio-blk device at PCI_ADDRESS from its kernel
       driver, drive it from user space and post each malformed chain CASE
@@ -119,6 +123,13 @@ pub enum Command {
     NetRecv { port: u16, bind: String },
     /// Direct-I/O benchmark on a block device.
     Iobench { path: PathBuf, job: Job },
+    /// Zero a range of a block device.
+    ZeroRange {
+        path: PathBuf,
+        offset_mib: u64,
+        len_mib: u64,
+        punch: bool,
+    },
     /// AF_VSOCK line echo server.
     VsockEcho { port: u32, once: bool },
     /// AF_VSOCK client: send one line, print the reply.
@@ -467,6 +478,16 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 },
             })
         }
+        "zero-range" => {
+            let p = split(cmd, rest, &[], &["punch"])?;
+            let a = expect_positionals(cmd, &p, &["DEV", "OFFSET_MIB", "LEN_MIB"])?;
+            Ok(Command::ZeroRange {
+                path: PathBuf::from(&a[0]),
+                offset_mib: parse_u64("OFFSET_MIB", &a[1])?,
+                len_mib: parse_mib("LEN_MIB", &a[2])?,
+                punch: p.flag("punch"),
+            })
+        }
         "virtio-abuse" => {
             let p = split(cmd, rest, &["other"], &[])?;
             let Some((address, cases)) = p.positionals.split_first() else {
@@ -700,6 +721,15 @@ mod tests {
                     threads: 4,
                     seed: 1,
                 },
+            }
+        );
+        assert_eq!(
+            ok("zero-range /dev/vdb 8 16 --punch"),
+            Command::ZeroRange {
+                path: PathBuf::from("/dev/vdb"),
+                offset_mib: 8,
+                len_mib: 16,
+                punch: true
             }
         );
         let Command::Iobench { job, .. } = ok("iobench /dev/vdb seq-read") else {

@@ -18,6 +18,7 @@ mod net;
 mod output;
 mod virtio_abuse;
 mod vsock;
+mod zero;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -135,6 +136,15 @@ fn run(cmd: Command) -> Result<()> {
             kv("elapsed_s", format!("{:.3}", out.elapsed.as_secs_f64()))?;
             kv("throughput_mib_s", f2(out.throughput_mib_s()))?;
             kv("iops", format!("{:.0}", out.iops()))
+        }
+        Command::ZeroRange {
+            path,
+            offset_mib,
+            len_mib,
+            punch,
+        } => {
+            let bytes = zero::zero_range(&path, offset_mib << 20, len_mib << 20, punch)?;
+            kv("zeroed_bytes", bytes)
         }
         Command::VsockEcho { port, once } => vsock::echo(port, once),
         Command::VsockSend {

@@ -48,6 +48,8 @@ mod robustness;
 mod root;
 #[path = "e2e/seccomp.rs"]
 mod seccomp;
+#[path = "e2e/storage.rs"]
+mod storage;
 #[path = "e2e/vmm.rs"]
 mod vmm;
 #[path = "e2e/vsock.rs"]

@@ -49,6 +49,11 @@ const JOBS: &[Job] = &[
         args: "rand-read --block-kib 4 --threads 4",
         iops: true,
     },
+    Job {
+        name: "rand read, 4 KiB, QD32 (32 threads)",
+        args: "rand-read --block-kib 4 --threads 32",
+        iops: true,
+    },
 ];
 
 struct Config {
