@@ -138,6 +138,11 @@ impl ImageDirs {
 
 /// The backing files of `path` if it is a qcow2 image (none for a raw one).
 fn qcow2_backing_chain(path: &Path) -> Result<Vec<PathBuf>, HostError> {
+    // Only a regular file can be qcow2 (opening a FIFO to read its magic would block the
+    // daemon; what is no disk is refused at start, `disks`).
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(Vec::new());
+    }
     let mut magic = [0u8; 4];
     let is_qcow2 = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
@@ -188,6 +193,38 @@ mod tests {
         assert!(dirs.check("disks.path", &back).is_ok());
         // A missing file names the field.
         assert!(message(dirs.check("kernel", &images.join("none"))).contains("kernel"));
+    }
+
+    #[test]
+    fn a_fifo_named_as_a_disk_does_not_block_the_check() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = std::fs::canonicalize(root.path()).expect("canonical");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path; mkfifo creates a node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let spec = VmSpec::from_json(
+            &serde_json::json!({
+                "name": "f", "kernel": "/dev/null", "memory": "64M",
+                "disks": [{ "path": fifo }],
+            })
+            .to_string(),
+        )
+        .expect("spec");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dirs = ImageDirs::new(std::slice::from_ref(&dir)).expect("dirs");
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                qcow2_backing_chain(&spec.disks[0].path)
+                    .map(|c| c.len())
+                    .ok(),
+            );
+            drop(dirs);
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the check returned");
+        assert_eq!(got, Some(0));
     }
 
     #[test]
