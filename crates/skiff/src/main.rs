@@ -7,6 +7,7 @@ mod ctl;
 mod host;
 mod image;
 mod network;
+mod table;
 mod vm;
 
 use std::ffi::OsString;
