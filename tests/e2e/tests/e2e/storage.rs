@@ -378,6 +378,7 @@ fn qd_rounds(rounds: usize) -> String {
 }
 
 #[test]
+#[ignore = "a suspected lost completion: in the 2026-12-07 suite run the Skiff guest finished two QD1/QD32 rounds (1086/3420 and 1073/3894 IOPS) and then printed nothing until the 300 s timeout; to be found before this runs in CI again: cargo xtask e2e storage::random -- --ignored --nocapture"]
 fn random_reads_at_queue_depth_32_beat_depth_1_and_qemu() {
     let env = TestEnv::get();
     let image = env.scratch("qd.raw");
