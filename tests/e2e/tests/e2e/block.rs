@@ -16,29 +16,8 @@ fn flushed_data_survives_a_sigkill_of_the_vmm() {
     let disk = format!("path={}", image.display());
 
     // write-file fsyncs the file and its directory; the VMM dies right after.
-    let mut vm = GuestSpec::new(Vmm::Skiff)
-        .vmm_args(["--disk", &disk])
-        .no_poweroff()
-        .cmd(
-            "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && \
-             skiff-guest-tool write-file /mnt/data 64 --seed 7 && echo WRITTEN-AND-SYNCED; \
-             sleep 600",
-        )
-        .spawn()
-        .expect("spawn");
-    vm.wait_for("WRITTEN-AND-SYNCED", Duration::from_secs(180))
-        .expect("guest writes 64 MiB");
-    let console = vm.console();
-    let written = value(&console, "sha256")
-        .unwrap_or_else(|| panic!("no sha256 from write-file\n{console}"))
-        .to_owned();
+    let (written, console) = write_fsync_then_kill(&disk, 7, Duration::from_secs(180));
     assert_eq!(value(&console, "bytes"), Some("67108864"), "{console}");
-    vm.signal(Signal::Kill).expect("SIGKILL");
-    let killed = vm.wait(Duration::from_secs(20)).expect("VMM dies");
-    assert_eq!(
-        killed.guest_status, None,
-        "the guest never finished\n{killed}"
-    );
 
     let out = GuestSpec::new(Vmm::Skiff)
         .vmm_args(["--disk", &disk])
@@ -84,4 +63,33 @@ fn read_only_disk_refuses_writes_and_hwrng_gives_bytes() {
         "{out}"
     );
     let _ = std::fs::remove_file(&image);
+}
+
+/// Boots a guest on `disk` (a `--disk` argument: an ext4 file system) that writes a 64 MiB
+/// file with `seed` and fsyncs it and its directory, SIGKILLs the VMM right after, and
+/// returns the file's sha256 and the guest's console. Asserts that the guest never finished.
+pub(crate) fn write_fsync_then_kill(disk: &str, seed: u32, timeout: Duration) -> (String, String) {
+    let mut vm = GuestSpec::new(Vmm::Skiff)
+        .vmm_args(["--disk", disk])
+        .no_poweroff()
+        .cmd(format!(
+            "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && \
+             skiff-guest-tool write-file /mnt/data 64 --seed {seed} && echo WRITTEN-AND-SYNCED; \
+             sleep 600"
+        ))
+        .spawn()
+        .expect("spawn");
+    vm.wait_for("WRITTEN-AND-SYNCED", timeout)
+        .expect("guest writes 64 MiB");
+    let console = vm.console();
+    let written = value(&console, "sha256")
+        .unwrap_or_else(|| panic!("no sha256 from write-file\n{console}"))
+        .to_owned();
+    vm.signal(Signal::Kill).expect("SIGKILL");
+    let killed = vm.wait(Duration::from_secs(20)).expect("VMM dies");
+    assert_eq!(
+        killed.guest_status, None,
+        "the guest never finished\n{killed}"
+    );
+    (written, console)
 }

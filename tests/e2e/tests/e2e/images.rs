@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use skiff_e2e::{make_ext4, value, GuestSpec, Signal, TestEnv, Vmm};
+use skiff_e2e::{make_ext4, value, GuestSpec, TestEnv, Vmm};
 
 fn qemu_img(args: &[&str]) -> std::process::Output {
     let env = TestEnv::get();
@@ -52,28 +52,7 @@ fn a_qcow2_overlay_survives_a_killed_vmm() {
     ]);
     let disk = format!("path={},format=qcow2", overlay.display());
 
-    let mut vm = GuestSpec::new(Vmm::Skiff)
-        .vmm_args(["--disk", &disk])
-        .no_poweroff()
-        .cmd(
-            "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && \
-             skiff-guest-tool write-file /mnt/data 64 --seed 11 && echo WRITTEN-AND-SYNCED; \
-             sleep 600",
-        )
-        .spawn()
-        .expect("spawn");
-    vm.wait_for("WRITTEN-AND-SYNCED", Duration::from_secs(240))
-        .expect("guest writes 64 MiB");
-    let console = vm.console();
-    let written = value(&console, "sha256")
-        .unwrap_or_else(|| panic!("no sha256 from write-file\n{console}"))
-        .to_owned();
-    vm.signal(Signal::Kill).expect("SIGKILL");
-    let killed = vm.wait(Duration::from_secs(20)).expect("VMM dies");
-    assert_eq!(
-        killed.guest_status, None,
-        "the guest never finished\n{killed}"
-    );
+    let (written, _) = crate::block::write_fsync_then_kill(&disk, 11, Duration::from_secs(240));
 
     // qemu-img check: 0 is a clean image, 3 one with leaked clusters only (space a write
     // after the last flush allocated; harmless, as in QEMU); 2 is corruption.
