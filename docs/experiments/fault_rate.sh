@@ -7,7 +7,8 @@
 #   docs/experiments/fault_rate.sh OUT RUNS CANDIDATE...
 #
 # Candidates: base (xtask's settings), noerms (-cpu max,erms=off,fsrm=off), la57off
-# (-cpu max,la57=off: 4-level paging in host and guests), nothp (the host kernel with
+# (-cpu max,la57=off: 4-level paging in host and guests), novgif (-cpu max,vgif=off: the
+# host's KVM without virtual GIF, so its guests' CLGI/STGI exit to it), nothp (the host kernel with
 # transparent_hugepage=never), tdpmmu0 (the host's KVM on its legacy MMU, kvm.tdp_mmu=0),
 # single (-accel tcg,thread=single: one host thread for both emulated CPUs).
 # Run it on an otherwise quiet machine: load changes the timing the faults depend on.
@@ -24,6 +25,7 @@ for i in $(seq 1 "$runs"); do
       base) ;;
       noerms) export SKIFF_HOST_QEMU_ARGS="-cpu max,erms=off,fsrm=off" ;;
       la57off) export SKIFF_HOST_QEMU_ARGS="-cpu max,la57=off" ;;
+      novgif) export SKIFF_HOST_QEMU_ARGS="-cpu max,vgif=off" ;;
       single) export SKIFF_HOST_QEMU_ARGS="-accel tcg,thread=single" ;;
       nothp) export SKIFF_HOST_CMDLINE="$cmdline transparent_hugepage=never" ;;
       tdpmmu0) export SKIFF_HOST_CMDLINE="$cmdline kvm.tdp_mmu=0" ;;

@@ -20,7 +20,7 @@ use crate::hostfs::TempFile;
 pub use crate::hostfs::{layout, Payload};
 use crate::process::Guarded;
 use crate::test_report::{FailedTest, TestReport};
-use crate::{apt, assets, hostfs, outer_qemu};
+use crate::{apt, assets, host_cpus, hostfs, outer_qemu};
 
 /// The host kernel's command line: serial console, only emergencies on it (KVM's
 /// rate-limited complaints about guest MSR writes would land amid test output), SysRq
@@ -33,6 +33,9 @@ const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 sysrq_always_enab
 /// qboot is faster than SeaBIOS and prints nothing. (`-M microvm` boots faster still but
 /// hung before any output in 2 of 4 boots, with QEMU 7.2.) No audio: probing for it loads
 /// modules, and those of the system's older QEMU abort a fetched one.
+/// Its CPUs, as `-smp` below says.
+const HOST_CPUS: usize = 2;
+
 #[rustfmt::skip]
 const QEMU_ARGS: &[&str] = &[
     "-accel", "tcg,thread=multi",
@@ -63,7 +66,8 @@ pub fn main(args: HostArgs) -> Result<ExitCode> {
     apt::ensure_installed(apt::HOST_PACKAGES)?;
     let assets = assets::prepare()?;
     let mut payload = Payload::default();
-    payload.add_release_binaries(&crate::e2e::skiff_binaries(false)?)?;
+    // Built first: a shell in the host without `skiff` in it helps nobody.
+    payload.add_release_binaries(&crate::e2e::skiff_binaries(true)?)?;
     // The e2e tests and the contract's environment, to run tests by hand in there.
     let tests = crate::e2e::build_tests()?;
     payload.add_binary(
@@ -273,11 +277,12 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                         println!("SKIFF-HOST-STALL: cannot send SysRq to the host: {e}");
                     }
                     show_until_quiet(&rx, &mut console, Duration::from_secs(30));
+                    let verdict = ask_emulator(&mut stdin, &rx);
                     qemu.kill();
                     console.finish();
                     return Err(HostFault {
                         what: format!(
-                            "the emulated host stalled{running} (no output for {} s); QEMU was killed",
+                            "the emulated host stalled{running} (no output for {} s{verdict}); QEMU was killed",
                             stall.as_secs()
                         ),
                         report: console.into_report(),
@@ -298,6 +303,30 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
     }
 }
 
+/// Asks the outer QEMU's monitor where a silent host's CPUs are (host_cpus.rs) and
+/// prints what it says; returns ", <verdict>" when it lost an interrupt, else "".
+fn ask_emulator(stdin: &mut std::process::ChildStdin, rx: &mpsc::Receiver<Output>) -> String {
+    if let Err(e) = host_cpus::ask(stdin, HOST_CPUS) {
+        println!("SKIFF-HOST-STALL: cannot ask QEMU's monitor: {e}");
+        return String::new();
+    }
+    let mut lines = Vec::new();
+    while let Ok(output) = rx.recv_timeout(Duration::from_secs(5)) {
+        if let Output::Line(line) = output {
+            lines.push(line);
+        }
+    }
+    let cpus = host_cpus::parse(&lines);
+    for line in host_cpus::describe(&cpus) {
+        println!("SKIFF-HOST-STALL: {line}");
+    }
+    if cpus.iter().any(|c| !c.undelivered().is_empty()) {
+        ", the outer QEMU stopped delivering interrupts to a halted CPU".to_owned()
+    } else {
+        String::new()
+    }
+}
+
 /// Shows what the host still prints, until it is quiet for 5 s or `limit` passed.
 fn show_until_quiet(rx: &mpsc::Receiver<Output>, console: &mut Console, limit: Duration) {
     let end = Instant::now() + limit;
@@ -307,5 +336,16 @@ fn show_until_quiet(rx: &mpsc::Receiver<Output>, console: &mut Console, limit: D
         if let Output::Line(line) = output {
             console.feed(line);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_is_asked_about_every_cpu_qemu_is_given() {
+        let smp = QEMU_ARGS.iter().position(|a| *a == "-smp").expect("-smp");
+        assert_eq!(QEMU_ARGS[smp + 1], HOST_CPUS.to_string());
     }
 }

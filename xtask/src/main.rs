@@ -20,6 +20,7 @@ mod e2e;
 mod fuzz;
 mod guest;
 mod host;
+mod host_cpus;
 mod host_stall;
 mod hostfs;
 mod initramfs;
