@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use skiff_api::control::{ControlRequest, ControlResponse};
 
@@ -15,6 +15,9 @@ use crate::VmmError;
 
 /// A client that stalls mid-request must not hold the control thread for long.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An answer slower than this is logged with what it was: the control thread is meant
+/// to answer at once, whatever the guest does.
+const SLOW_ANSWER: Duration = Duration::from_millis(250);
 /// Requests are small; a longer line is refused rather than buffered.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -68,8 +71,19 @@ fn serve_client(stream: UnixStream, vm: &VmHandle) -> std::io::Result<()> {
         // A stop ends the process: it is carried out below, once answered, or the client
         // may read nothing.
         let stop = matches!(request, Ok(ControlRequest::Stop));
+        let started = Instant::now();
         let response = match request {
-            Ok(request) => handle(request, vm),
+            Ok(request) => {
+                let what = format!("{request:?}");
+                let response = handle(request, vm);
+                if started.elapsed() >= SLOW_ANSWER {
+                    log::warn!(
+                        "control: {what} took {} ms to answer",
+                        started.elapsed().as_millis()
+                    );
+                }
+                response
+            }
             Err(e) => ControlResponse::error(format!("bad request: {e}")),
         };
         let mut text = serde_json::to_string(&response).map_err(std::io::Error::other)?;
