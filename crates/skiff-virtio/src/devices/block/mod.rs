@@ -47,4 +47,4 @@ pub const MAX_CHAIN: usize = SEG_MAX as usize + 2;
 /// GET_ID answers with this many bytes.
 pub const ID_BYTES: usize = virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
 /// I/O threads per disk, and so requests in flight per disk.
-pub const IO_DEPTH: usize = 16;
+pub const IO_DEPTH: usize = 32;
