@@ -130,7 +130,10 @@ async fn image_remove(
 async fn image_import(State(host): State<Host>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let request: skiff_api::image::ImportRequest =
         serde_json::from_slice(&body).map_err(|e| HostError::invalid("import", e.to_string()))?;
-    let events = host.images().import(request, &host.config().image_dirs)?;
+    let events = host
+        .images()
+        .import(request, &host.config().image_dirs)
+        .await?;
     let lines = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
         let mut line = serde_json::to_vec(&event).unwrap_or_default();

@@ -112,9 +112,11 @@ impl Images {
         .await
     }
 
-    /// Checks an import request (the file must be inside the image directories) and
-    /// starts it; the receiver gets progress, then the image or the error.
-    pub fn import(
+    /// Checks an import request (the file must be inside the image directories, and pass
+    /// every check the store makes before reading it: a refusal is an error status, not a
+    /// started import) and starts it; the receiver gets progress, then the image or the
+    /// error (of reading the disk, or of a second import of the same name meanwhile).
+    pub async fn import(
         &self,
         request: ImportRequest,
         dirs: &ImageDirs,
@@ -127,6 +129,8 @@ impl Images {
             ));
         }
         dirs.check("path", &path)?;
+        let (store, checked, name) = (self.store.clone(), path.clone(), request.name.clone());
+        blocking(move || Ok(store.check_import(&checked, name.as_deref())?)).await?;
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {

@@ -173,6 +173,12 @@ impl Networks {
             serde_json::from_slice(body).map_err(|e| HostError::Malformed(e.to_string()))?;
         let net = {
             let state = lock(&self.inner.state);
+            if state.nets.contains_key(&spec.name) {
+                return Err(HostError::Conflict(format!(
+                    "name: a network named `{}` exists already",
+                    spec.name
+                )));
+            }
             let existing: Vec<&Network> = state.nets.values().collect();
             ipam::check_new(&spec, &existing).map_err(|(f, e)| HostError::invalid(f, e))?;
             let id = ipam::next_id(&existing).ok_or_else(|| {

@@ -14,12 +14,17 @@ use skiff_host::{api, connections, Client, Endpoint, Host, HostConfig};
 
 /// An ext4 image with a (pretend) kernel in /boot, in `dir`.
 fn bootable_image(dir: &Path) -> PathBuf {
-    let content = dir.join("content");
-    std::fs::create_dir_all(content.join("boot")).expect("mkdir");
     let mut kernel = vec![7u8; 4096];
     kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    image_with_kernel(dir, "debian.raw", &kernel)
+}
+
+/// An ext4 image `name` in `dir` with `kernel` as /boot/vmlinuz-6.1.0-1-test.
+fn image_with_kernel(dir: &Path, name: &str, kernel: &[u8]) -> PathBuf {
+    let content = dir.join(format!("{name}.content"));
+    std::fs::create_dir_all(content.join("boot")).expect("mkdir");
     std::fs::write(content.join("boot/vmlinuz-6.1.0-1-test"), kernel).expect("kernel");
-    let image = dir.join("debian.raw");
+    let image = dir.join(name);
     let out = Command::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-d"])
         .arg(&content)
@@ -104,16 +109,28 @@ async fn import_create_a_vm_from_it_and_remove_both() {
     assert_eq!(image.names, ["debian-12"]);
     assert_eq!(image.boot.kernel, "/boot/vmlinuz-6.1.0-1-test");
 
-    // A failed import is a line too, and the answer still 200 (it had begun).
+    // What can be checked before the disk is read is refused before the answer begins:
+    // a file that is not a disk image, a name that is taken.
     let text_file = images.join("notes.txt");
     std::fs::write(&text_file, "not a disk\n".repeat(200)).expect("write");
     let body = format!(r#"{{"path":"{}"}}"#, text_file.display());
+    let (status, text) = call(&client, "POST", "/images", Some(body)).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("is not a disk image"), "{text}");
+    let body = format!(r#"{{"path":"{}","name":"debian-12"}}"#, file.display());
+    let (status, text) = call(&client, "POST", "/images", Some(body)).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("already names"), "{text}");
+    // A failure found while reading the disk is a line, and the answer still 200 (it had
+    // begun): here, a /boot/vmlinuz that is no kernel.
+    let no_kernel = image_with_kernel(&images, "nokernel.raw", &[0u8; 4096]);
+    let body = format!(r#"{{"path":"{}"}}"#, no_kernel.display());
     let (status, text) = call(&client, "POST", "/images", Some(body)).await;
     assert_eq!(status, 200, "{text}");
     let last: ImportEvent =
         serde_json::from_str(text.lines().last().expect("a line")).expect("event");
     assert!(
-        matches!(&last, ImportEvent::Error(e) if e.contains("is not a disk image")),
+        matches!(&last, ImportEvent::Error(e) if e.contains("is not a Linux kernel")),
         "{text}"
     );
 

@@ -47,6 +47,15 @@ pub(crate) fn read_head(path: &Path, buf: &mut [u8]) -> Result<usize, ImageError
     Ok(got)
 }
 
+/// What the checks before an import found: the name, and the source opened.
+struct Prepared {
+    name: String,
+    format: SourceFormat,
+    disk: FormatAccess<File>,
+    size: u64,
+    layout: crate::probe::Layout,
+}
+
 /// A file in tmp/ that is removed unless it was moved into place.
 struct TmpFile(PathBuf);
 
@@ -64,15 +73,15 @@ impl Store {
             .join(format!("{what}-{}-{n}", std::process::id()))
     }
 
-    /// Imports `source` (raw or qcow2) under `name` (default: the file's name without its
-    /// extension), calling `progress` as the virtual disk is read. Importing content the
-    /// store has already only adds the name.
-    pub fn import(
-        &self,
-        source: &Path,
-        name: Option<&str>,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<ImageInfo, ImageError> {
+    /// Everything an import checks before it reads the disk: the name (valid, not taken),
+    /// the file (readable, raw or qcow2, a sound backing chain) and its virtual disk (a
+    /// partition table or known file system). The daemon runs it before it answers, so
+    /// that such a refusal is an error status rather than a line of a started import.
+    pub fn check_import(&self, source: &Path, name: Option<&str>) -> Result<(), ImageError> {
+        self.prepare_import(source, name).map(drop)
+    }
+
+    fn prepare_import(&self, source: &Path, name: Option<&str>) -> Result<Prepared, ImageError> {
         let shown = source.display().to_string();
         let name = match name {
             Some(n) => n.to_string(),
@@ -121,6 +130,32 @@ impl Store {
                 })
             }
         };
+        Ok(Prepared {
+            name,
+            format,
+            disk,
+            size,
+            layout,
+        })
+    }
+
+    /// Imports `source` (raw or qcow2) under `name` (default: the file name without its
+    /// extension), calling `progress` as the virtual disk is read. Importing content the
+    /// store has already only adds the name.
+    pub fn import(
+        &self,
+        source: &Path,
+        name: Option<&str>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImageInfo, ImageError> {
+        let shown = source.display().to_string();
+        let Prepared {
+            name,
+            format,
+            disk,
+            size,
+            layout,
+        } = self.prepare_import(source, name)?;
 
         let tmp = TmpFile(self.tmp_path("import"));
         let digest = copy_hashed(&disk, size, &tmp.0, progress)

@@ -20,7 +20,11 @@ impl Subnet {
     pub fn parse(cidr: &str) -> Result<Subnet, String> {
         let net: Ipv4Net = cidr
             .parse()
-            .map_err(|_| format!("`{cidr}` is not an IPv4 CIDR like 10.77.0.0/24"))?;
+            .ok()
+            // Written as it prints (no leading zeros, no spaces): the OpenAPI document's
+            // pattern for a subnet says as much, and the server accepts nothing else.
+            .filter(|net: &Ipv4Net| net.to_string() == cidr)
+            .ok_or_else(|| format!("`{cidr}` is not an IPv4 CIDR like 10.77.0.0/24"))?;
         if !(MIN_PREFIX..=MAX_PREFIX).contains(&net.prefix_len()) {
             return Err(format!(
                 "`{cidr}`: the prefix must be /{MIN_PREFIX} to /{MAX_PREFIX} (a /{MAX_PREFIX} \
@@ -123,6 +127,13 @@ mod tests {
         assert!(err("169.254.0.0/24").contains("reserved"));
         assert!(err("fd00::/64").contains("IPv4"));
         assert!(err("banana").contains("IPv4"));
+        assert!(err("").contains("IPv4"));
+        assert!(
+            err("10.0.0.0/08").contains("IPv4"),
+            "not written canonically"
+        );
+        assert!(err("010.0.0.0/8").contains("IPv4"));
+        assert!(err(" 10.0.0.0/8").contains("IPv4"));
     }
 
     #[test]
