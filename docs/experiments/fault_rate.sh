@@ -6,9 +6,9 @@
 #
 #   docs/experiments/fault_rate.sh OUT RUNS CANDIDATE...
 #
-# Candidates: base (xtask's settings), noerms (-cpu max,erms=off,fsrm=off), la57off
-# (-cpu max,la57=off: 4-level paging in host and guests), novgif (-cpu max,vgif=off: the
-# host's KVM without virtual GIF, so its guests' CLGI/STGI exit to it), nothp (the host kernel with
+# Candidates: base (xtask's settings: -cpu max,vgif=off), vgif (-cpu max: the host's KVM
+# uses virtual GIF, xtask's setting until 2026-12-07), noerms (erms=off,fsrm=off added),
+# la57off (la57=off added: 4-level paging in host and guests), nothp (the host kernel with
 # transparent_hugepage=never), tdpmmu0 (the host's KVM on its legacy MMU, kvm.tdp_mmu=0),
 # single (-accel tcg,thread=single: one host thread for both emulated CPUs).
 # Run it on an otherwise quiet machine: load changes the timing the faults depend on.
@@ -23,9 +23,9 @@ for i in $(seq 1 "$runs"); do
     unset SKIFF_HOST_QEMU_ARGS SKIFF_HOST_CMDLINE
     case $cand in
       base) ;;
-      noerms) export SKIFF_HOST_QEMU_ARGS="-cpu max,erms=off,fsrm=off" ;;
-      la57off) export SKIFF_HOST_QEMU_ARGS="-cpu max,la57=off" ;;
-      novgif) export SKIFF_HOST_QEMU_ARGS="-cpu max,vgif=off" ;;
+      vgif) export SKIFF_HOST_QEMU_ARGS="-cpu max" ;;
+      noerms) export SKIFF_HOST_QEMU_ARGS="-cpu max,vgif=off,erms=off,fsrm=off" ;;
+      la57off) export SKIFF_HOST_QEMU_ARGS="-cpu max,vgif=off,la57=off" ;;
       single) export SKIFF_HOST_QEMU_ARGS="-accel tcg,thread=single" ;;
       nothp) export SKIFF_HOST_CMDLINE="$cmdline transparent_hugepage=never" ;;
       tdpmmu0) export SKIFF_HOST_CMDLINE="$cmdline kvm.tdp_mmu=0" ;;

@@ -29,17 +29,22 @@ use crate::{apt, assets, host_cpus, hostfs, outer_qemu};
 const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 sysrq_always_enabled mitigations=off tsc=reliable no_timer_check \
                        i8042.noaux i8042.nopnp 8250.nr_uarts=1 cryptomgr.notests random.trust_cpu=on";
 
-/// The emulated machine: TCG on both host cores, `-cpu max` for SVM with nested paging.
-/// qboot is faster than SeaBIOS and prints nothing. (`-M microvm` boots faster still but
-/// hung before any output in 2 of 4 boots, with QEMU 7.2.) No audio: probing for it loads
-/// modules, and those of the system's older QEMU abort a fetched one.
 /// Its CPUs, as `-smp` below says.
 const HOST_CPUS: usize = 2;
 
+/// The emulated machine: TCG on both host cores, `-cpu max` for SVM with nested paging,
+/// without virtual GIF (`vgif=off`, so the host's KVM does not use it). With it, hosts
+/// froze with a timer interrupt pending in a halted CPU's APIC and crashed on an interrupt
+/// taken before KVM had restored the host's state after VMRUN: both what a host GIF left
+/// clear, or not set when it should be, would do (docs/testing.md, "Guest faults in the
+/// emulated host"). qboot is faster than SeaBIOS
+/// and prints nothing. (`-M microvm` boots faster still but hung before any output in 2
+/// of 4 boots, with QEMU 7.2.) No audio: probing for it loads modules, and those of the
+/// system's older QEMU abort a fetched one.
 #[rustfmt::skip]
 const QEMU_ARGS: &[&str] = &[
     "-accel", "tcg,thread=multi",
-    "-cpu", "max",
+    "-cpu", "max,vgif=off",
     "-smp", "2",
     "-bios", "qboot.rom",
     "-vga", "none",
