@@ -14,6 +14,7 @@ use crate::cmd;
 use crate::paths;
 
 /// Debian packages the host side needs (for QEMU, busybox, mke2fs, dmsetup and cpio;
+/// LVM and thin_check for the emulated host's thin volumes;
 /// qemu-img for skiff-images' tests; python3-venv for the OpenAPI validator that
 /// skiff-host's tests install from PyPI; nft and dnsmasq for managed networks, in
 /// skiff-net's tests and in the emulated host).
@@ -23,6 +24,8 @@ pub const HOST_PACKAGES: &[&str] = &[
     "cpio",
     "e2fsprogs",
     "dmsetup",
+    "lvm2",
+    "thin-provisioning-tools",
     "python3-venv",
     "qemu-utils",
     "nftables",

@@ -1,7 +1,7 @@
 //! The emulated host's file system: a cached base archive (busybox, KVM modules, QEMU,
-//! mke2fs, qemu-img, dmsetup, the guest assets, /init from scripts/host-init.sh) and a per-run archive
-//! (binaries with their libraries, environment, command), concatenated into one initrd:
-//! the kernel unpacks concatenated cpio archives in order.
+//! mke2fs, qemu-img, dmsetup, LVM, the guest assets, /init from scripts/host-init.sh) and
+//! a per-run archive (binaries with their libraries, environment, command), concatenated
+//! into one initrd: the kernel unpacks concatenated cpio archives in order.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::assets::Assets;
 use crate::initramfs::{Compression, Initramfs};
-use crate::{cmd, guest, ldd, paths};
+use crate::{cmd, guest, host_lvm, ldd, paths};
 
 const INIT: &str = include_str!("scripts/host-init.sh");
 
@@ -44,6 +44,9 @@ const HOST_MODULES: &[&str] = &[
     // Host block devices as disks (e2e storage tests): loop devices, device-mapper.
     "loop",
     "dm-mod",
+    // LVM thin volumes (xtask/src/host_lvm.rs): the thin-pool target pulls in
+    // dm-persistent-data, dm-bio-prison and dm-bufio through its .modinfo dependencies.
+    "dm-thin-pool",
 ];
 
 /// QEMU firmware the inner QEMU may need (pc with SeaBIOS or qboot, microvm).
@@ -184,6 +187,7 @@ fn base_archive(assets: &Assets) -> Result<PathBuf> {
     fs.bytes("/etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644);
     let dmsetup = cmd::require("dmsetup", "dmsetup")?;
     add_with_libraries(&mut fs, layout::DMSETUP, &dmsetup)?;
+    host_lvm::add(&mut fs)?;
     fs.copy(layout::KERNEL, &assets.kernel.bzimage)?;
     fs.copy(layout::VMLINUX, &assets.kernel.vmlinux)?;
     fs.copy(layout::INITRD, &assets.initrd)?;
@@ -192,7 +196,7 @@ fn base_archive(assets: &Assets) -> Result<PathBuf> {
     guest::cached_archive(&fs, &assets.cache.join("host"), "base", Compression::None)
 }
 
-fn add_with_libraries(fs: &mut Initramfs, dest: &str, source: &Path) -> Result<()> {
+pub(crate) fn add_with_libraries(fs: &mut Initramfs, dest: &str, source: &Path) -> Result<()> {
     for lib in ldd::libraries(source)? {
         fs.copy(&lib.to_string_lossy(), &lib)?;
     }

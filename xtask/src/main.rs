@@ -21,6 +21,7 @@ mod fuzz;
 mod guest;
 mod host;
 mod host_cpus;
+mod host_lvm;
 mod host_stall;
 mod hostfs;
 mod initramfs;

@@ -3,8 +3,10 @@
 //! file, many requests in flight, I/O errors from a device-mapper `error` target (and a
 //! flush that stays failed), many busy VMs whose control sockets keep answering.
 //!
-//! Loop and device-mapper devices are made with busybox's `losetup` and `dmsetup` (the
-//! emulated host has both, and the `loop` and `dm-mod` modules; docs/testing.md).
+//! Loop devices are made with busybox's `losetup`, device-mapper volumes with Debian's
+//! `dmsetup` and thin volumes with Debian's LVM (the emulated host has them, an lvm.conf
+//! for a host without udev, and the `loop`, `dm-mod` and `dm-thin-pool` modules;
+//! docs/testing.md).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
@@ -16,6 +18,10 @@ use std::time::{Duration, Instant};
 use skiff_e2e::{make_ext4, value, GuestSpec, TestEnv, Vmm};
 
 const MIB: u64 = 1 << 20;
+
+/// Roots on LVM thin volumes, and discards reaching their pool.
+#[path = "storage_thin.rs"]
+mod thin;
 
 /// Runs `program args`; panics with its output unless it succeeds; returns stdout.
 fn run(program: &str, args: &[&str]) -> String {
