@@ -263,24 +263,83 @@ impl VmHandle {
     }
 
     pub fn stats(&self) -> io::Result<VmStats> {
+        let mut timer = StageTimer::new();
+        let guest_resident_bytes = self.inner.ram.resident_bytes()?;
+        timer.stage("guest residency");
+        let vmm_rss_bytes = process_rss()?;
+        timer.stage("VMM RSS");
+        let balloon = self
+            .inner
+            .balloon
+            .as_ref()
+            .map(|b| crate::pci::balloon::stats(&lock(b).info()));
+        timer.stage("balloon");
+        let working_set = self.inner.memory.working_set.as_ref().map(|ws| ws.stats());
+        timer.stage("working set");
+        let sharing = self.sharing_stats();
+        timer.stage("sharing");
+        let reclaim = self.inner.memory.reclaimer.totals();
+        timer.stage("reclaim");
+        timer.warn_if_slow("stats");
         Ok(VmStats {
             state: self.state(),
             vcpus: self.inner.vcpus,
             memory_bytes: self.inner.ram.size(),
-            guest_resident_bytes: self.inner.ram.resident_bytes()?,
-            vmm_rss_bytes: process_rss()?,
+            guest_resident_bytes,
+            vmm_rss_bytes,
             uptime_ms: self.inner.started.elapsed().as_millis() as u64,
-            balloon: self
-                .inner
-                .balloon
-                .as_ref()
-                .map(|b| crate::pci::balloon::stats(&lock(b).info())),
-            working_set: self.inner.memory.working_set.as_ref().map(|ws| ws.stats()),
-            sharing: self.sharing_stats(),
-            reclaim: self.inner.memory.reclaimer.totals(),
+            balloon,
+            working_set,
+            sharing,
+            reclaim,
         })
     }
 }
+
+/// How long each stage of an answer took, logged when the whole was slow: the control
+/// thread should answer at once, and the log says which stage did not.
+struct StageTimer {
+    started: Instant,
+    last: Instant,
+    stages: Vec<(&'static str, Duration)>,
+}
+
+impl StageTimer {
+    fn new() -> Self {
+        let now = Instant::now();
+        StageTimer {
+            started: now,
+            last: now,
+            stages: Vec::new(),
+        }
+    }
+
+    fn stage(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.stages.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn warn_if_slow(&self, what: &str) {
+        let total = self.started.elapsed();
+        if total < SLOW_STATS {
+            return;
+        }
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(name, d)| format!("{name} {} ms", d.as_millis()))
+            .collect();
+        log::warn!(
+            "{what} took {} ms: {}",
+            total.as_millis(),
+            stages.join(", ")
+        );
+    }
+}
+
+/// Stats slower than this are logged stage by stage.
+const SLOW_STATS: Duration = Duration::from_millis(250);
 
 /// This process's resident set size, from /proc/self/status.
 fn process_rss() -> io::Result<u64> {
