@@ -68,10 +68,14 @@ COMMANDS
       Zero LEN_MIB MiB of block device DEV from OFFSET_MIB: BLKZEROOUT (the
       disk keeps the space), or with --punch fallocate(PUNCH_HOLE) (the disk may
       give it back: virtio-blk's write-zeroes with unmap). Prints zeroed_bytes.
-  virtio-abuse PCI_ADDRESS CASE... [--other PATH]
-      Take the virtio-rng or virtio-blk device at PCI_ADDRESS from its kernel
-      driver, drive it from user space and post each malformed chain CASE
-      ('all': every case for the device). Prints one 'case name=.. ok=0|1 ...'
+  virtio-abuse PCI_ADDRESS CASE... [--other PATH] [--over PCI_ADDRESS] [--seconds S]
+      Take the virtio device at PCI_ADDRESS (rng, blk, net or balloon) from its
+      kernel driver, drive it from user space and run each CASE: a malformed
+      chain ('all': every chain case for an rng or blk device), an odd transmit
+      frame (net-tx-LEN), DRIVER_OK written twice (driver-ok-twice), an MSI-X
+      vector storm (msix-storm), its BAR moved over the BAR of the device at
+      --over and back (bar-over-bar), or a balloon deflate-queue flood for S
+      seconds (deflate-flood, default 60). Prints one 'case name=.. ok=0|1 ...'
       line per case; with --other, the SHA-256 of the first 64 KiB of PATH (another
       disk) after each. Fails unless every case ended as expected. Root only.
   help                          This text.
@@ -144,6 +148,8 @@ pub enum Command {
         address: String,
         cases: Vec<String>,
         other: Option<PathBuf>,
+        over: Option<String>,
+        seconds: f64,
     },
 }
 
@@ -158,6 +164,8 @@ pub enum ContentArg {
 
 /// Default benchmark duration.
 pub const DEFAULT_SECONDS: f64 = 10.0;
+/// How long virtio-abuse's deflate-flood lasts by default.
+pub const DEFAULT_FLOOD_SECONDS: f64 = 60.0;
 /// Default network / vsock timeout.
 pub const DEFAULT_TIMEOUT: f64 = 30.0;
 
@@ -489,7 +497,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
             })
         }
         "virtio-abuse" => {
-            let p = split(cmd, rest, &["other"], &[])?;
+            let p = split(cmd, rest, &["other", "over", "seconds"], &[])?;
             let Some((address, cases)) = p.positionals.split_first() else {
                 return Err(Error::usage("virtio-abuse: expected PCI_ADDRESS CASE..."));
             };
@@ -502,6 +510,11 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 address: address.clone(),
                 cases: cases.to_vec(),
                 other: p.value("other").map(PathBuf::from),
+                over: p.value("over").map(str::to_string),
+                seconds: match p.value("seconds") {
+                    Some(s) => parse_seconds("--seconds", s)?,
+                    None => DEFAULT_FLOOD_SECONDS,
+                },
             })
         }
         other => Err(Error::usage(format!("unknown command '{other}'"))),
@@ -748,7 +761,22 @@ mod tests {
                 address: "0000:00:01.0".into(),
                 cases: vec!["next-loop".into(), "outside-ram".into()],
                 other: Some(PathBuf::from("/dev/vda")),
+                over: None,
+                seconds: DEFAULT_FLOOD_SECONDS,
             }
+        );
+        assert_eq!(
+            ok("virtio-abuse 0000:00:02.0 bar-over-bar --over 0000:00:03.0 --seconds 5"),
+            Command::VirtioAbuse {
+                address: "0000:00:02.0".into(),
+                cases: vec!["bar-over-bar".into()],
+                other: None,
+                over: Some("0000:00:03.0".into()),
+                seconds: 5.0,
+            }
+        );
+        assert!(
+            usage_err("virtio-abuse 0000:00:02.0 deflate-flood --seconds x").contains("--seconds")
         );
         assert!(usage_err("virtio-abuse 0000:00:01.0").contains("CASE"));
         assert!(usage_err("virtio-abuse").contains("PCI_ADDRESS"));

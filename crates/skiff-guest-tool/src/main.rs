@@ -157,7 +157,17 @@ fn run(cmd: Command) -> Result<()> {
             address,
             cases,
             other,
-        } => virtio_abuse::run(&address, &cases, other.as_deref()),
+            over,
+            seconds,
+        } => virtio_abuse::run(
+            &address,
+            &cases,
+            &virtio_abuse::Options {
+                other: other.as_deref(),
+                over: over.as_deref(),
+                seconds,
+            },
+        ),
     }
 }
 

@@ -18,6 +18,8 @@ mod cgroups_real;
 mod daemon;
 #[path = "e2e/density.rs"]
 mod density;
+#[path = "e2e/guest_abuse.rs"]
+mod guest_abuse;
 #[path = "e2e/hardening.rs"]
 mod hardening;
 #[path = "e2e/harness.rs"]

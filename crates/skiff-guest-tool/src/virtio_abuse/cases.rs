@@ -12,6 +12,15 @@ use crate::error::Result;
 pub enum Kind {
     Rng,
     Block,
+    Net,
+    Balloon,
+}
+
+impl Kind {
+    /// Whether the malformed-chain cases (on queue 0) are for this device.
+    pub fn takes_chains(self) -> bool {
+        matches!(self, Kind::Rng | Kind::Block)
+    }
 }
 
 /// What the device must do with the request.
@@ -268,11 +277,12 @@ pub fn block_status(d: &Device) -> Result<u8> {
 /// A request every working device completes: 64 bytes of entropy, or sector 0.
 pub fn good_request(d: &Device, kind: Kind) -> Result<Post> {
     match kind {
-        Kind::Rng => one(d, d.gpa(DATA), 64, WRITE),
         Kind::Block => {
             block_header(d, 0)?;
             block_read_chain(d)
         }
+        // Only rng and blk take the chain cases.
+        Kind::Rng | Kind::Net | Kind::Balloon => one(d, d.gpa(DATA), 64, WRITE),
     }
 }
 
@@ -281,7 +291,7 @@ pub fn good_request(d: &Device, kind: Kind) -> Result<Post> {
 pub fn good_result(d: &Device, kind: Kind) -> Result<([u8; 16], bool)> {
     let mut head = [0u8; 16];
     match kind {
-        Kind::Rng => {
+        Kind::Rng | Kind::Net | Kind::Balloon => {
             d.mem.read_bytes(DATA, &mut head)?;
             Ok((head, head.iter().any(|b| *b != 0)))
         }

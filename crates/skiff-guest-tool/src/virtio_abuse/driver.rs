@@ -1,7 +1,7 @@
-//! A minimal virtio-pci (modern) driver in user space: reset, feature negotiation, one
-//! split queue in a huge page, posting chains and watching the used ring and the status.
+//! A minimal virtio-pci (modern) driver in user space: reset, feature negotiation, split
+//! queues in a huge page, posting chains and watching the used rings and the status.
 //! Just enough to hand a device exactly the descriptors a test wants, malformed ones
-//! included.
+//! included, and to reach its registers (vectors, status) the way a hostile driver would.
 
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ const QUEUE_NOTIFY_OFF: usize = 0x1e;
 const QUEUE_DESC: usize = 0x20;
 const QUEUE_DRIVER: usize = 0x28;
 const QUEUE_DEVICE: usize = 0x30;
-const NO_VECTOR: u16 = 0xffff;
+pub const NO_VECTOR: u16 = 0xffff;
 
 pub const STATUS_ACKNOWLEDGE: u8 = 1;
 pub const STATUS_DRIVER: u8 = 2;
@@ -44,7 +44,8 @@ pub const DESC_F_INDIRECT: u16 = 4;
 /// The queue size this driver uses (power of two, small: every structure fits a page).
 pub const QUEUE: u16 = 16;
 
-/// Layout of the huge page, by offset.
+/// Layout of the huge page, by offset: queue 0's rings at the start, the others'
+/// from [`RINGS`] on, [`RING_SPAN`] apart.
 const HUGE_PAGE: usize = 2 << 20;
 const DESC: usize = 0x0000;
 const AVAIL: usize = 0x1000;
@@ -53,6 +54,38 @@ const USED: usize = 0x2000;
 pub const INDIRECT: usize = 0x4000;
 /// Data buffers.
 pub const DATA: usize = 0x10000;
+const RINGS: usize = 0x100000;
+const RING_SPAN: usize = 0x4000;
+/// Free for buffers of the queues other than 0 (to the end of the huge page).
+pub const MORE_DATA: usize = 0x180000;
+
+/// Where queue `index`'s descriptor table starts in the huge page.
+fn ring_base(index: u16) -> usize {
+    if index == 0 {
+        0
+    } else {
+        RINGS + usize::from(index) * RING_SPAN
+    }
+}
+
+/// The driver's side of one queue.
+struct Ring {
+    index: u16,
+    base: usize,
+    avail_idx: u16,
+    notify_off: u16,
+}
+
+/// What [`Device::init_with`] sets up.
+pub struct Setup<'a> {
+    /// Features besides VERSION_1 (and INDIRECT_DESC when offered) to take, if offered.
+    pub features: u64,
+    /// The queues to enable; the others stay disabled.
+    pub queues: &'a [u16],
+    /// MSI-X vectors: configuration changes on 0, the n-th queue listed on n + 1. Without,
+    /// none (the driver polls).
+    pub msix: bool,
+}
 
 pub struct Device {
     pci: PciFunction,
@@ -64,8 +97,7 @@ pub struct Device {
     pub mem: Map,
     /// Guest-physical address of `mem`.
     pub phys: u64,
-    avail_idx: u16,
-    notify_off: u16,
+    rings: Vec<Ring>,
 }
 
 impl Device {
@@ -96,13 +128,31 @@ impl Device {
             notify_multiplier: caps.notify_multiplier,
             mem,
             phys,
-            avail_idx: 0,
-            notify_off: 0,
+            rings: Vec::new(),
         })
     }
 
     pub fn bar_address(&self) -> Result<u64> {
         self.pci.bar_address(self.common.bar)
+    }
+
+    /// The PCI function, for configuration-space abuse.
+    pub fn pci(&self) -> &PciFunction {
+        &self.pci
+    }
+
+    /// BAR `bar` mapped whole (the virtio structures' BAR is mapped at open).
+    pub fn bar_map(&self, bar: u8) -> Result<&Map> {
+        self.bars
+            .iter()
+            .find(|(b, _)| *b == bar)
+            .map(|(_, m)| m)
+            .ok_or_else(|| Error::runtime(format!("BAR {bar} is not mapped")))
+    }
+
+    /// The BAR the common configuration is in.
+    pub fn common_bar(&self) -> u8 {
+        self.common.bar
     }
 
     fn bar(&self, loc: Location) -> Result<&Map> {
@@ -137,7 +187,7 @@ impl Device {
         self.reg(self.common, DEVICE_STATUS)
     }
 
-    fn set_status(&self, status: u8) -> Result<()> {
+    pub fn set_status(&self, status: u8) -> Result<()> {
         self.set(self.common, DEVICE_STATUS, status)
     }
 
@@ -153,18 +203,36 @@ impl Device {
         if !done {
             return Err(Error::runtime("the device did not finish its reset"));
         }
-        self.avail_idx = 0;
+        for ring in &mut self.rings {
+            ring.avail_idx = 0;
+        }
         Ok(())
     }
 
     /// Resets and initialises the device with queue 0 of [`QUEUE`] entries in the huge
     /// page, no interrupts (the driver polls), and DRIVER_OK.
     pub fn init(&mut self) -> Result<()> {
+        self.init_with(&Setup {
+            features: 0,
+            queues: &[0],
+            msix: false,
+        })
+    }
+
+    /// Resets and initialises the device with `setup`'s features and queues, each of
+    /// [`QUEUE`] entries, no interrupts (the driver polls), and DRIVER_OK.
+    pub fn init_with(&mut self, setup: &Setup) -> Result<()> {
         self.reset()?;
         self.isr()?;
         // Fresh rings and buffers.
         for offset in (0..DATA + 0x10000).step_by(8) {
             self.mem.write::<u64>(offset, 0)?;
+        }
+        for q in setup.queues {
+            let base = ring_base(*q);
+            for offset in (base..base + RING_SPAN).step_by(8) {
+                self.mem.write::<u64>(offset, 0)?;
+            }
         }
         self.set_status(STATUS_ACKNOWLEDGE)?;
         self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER)?;
@@ -172,7 +240,7 @@ impl Device {
         if offered & F_VERSION_1 == 0 {
             return Err(Error::runtime("the device does not offer VERSION_1"));
         }
-        let wanted = F_VERSION_1 | (offered & F_INDIRECT_DESC);
+        let wanted = F_VERSION_1 | (offered & (F_INDIRECT_DESC | setup.features));
         for half in 0..2u32 {
             self.set(self.common, DRIVER_FEATURE_SELECT, half)?;
             self.set(self.common, DRIVER_FEATURE, (wanted >> (32 * half)) as u32)?;
@@ -182,27 +250,55 @@ impl Device {
         if self.status()? & STATUS_FEATURES_OK == 0 {
             return Err(Error::runtime("the device refused the features"));
         }
-        self.set(self.common, CONFIG_MSIX_VECTOR, NO_VECTOR)?;
-        self.set(self.common, QUEUE_SELECT, 0u16)?;
-        let max: u16 = self.reg(self.common, QUEUE_SIZE)?;
-        if max < QUEUE {
-            return Err(Error::runtime(format!("queue 0 holds only {max} entries")));
+        let config_vector = if setup.msix { 0 } else { NO_VECTOR };
+        self.set(self.common, CONFIG_MSIX_VECTOR, config_vector)?;
+        self.rings.clear();
+        for (n, &index) in setup.queues.iter().enumerate() {
+            self.set(self.common, QUEUE_SELECT, index)?;
+            let max: u16 = self.reg(self.common, QUEUE_SIZE)?;
+            if max < QUEUE {
+                return Err(Error::runtime(format!(
+                    "queue {index} holds only {max} entries"
+                )));
+            }
+            self.set(self.common, QUEUE_SIZE, QUEUE)?;
+            let vector = if setup.msix { n as u16 + 1 } else { NO_VECTOR };
+            self.set(self.common, QUEUE_MSIX_VECTOR, vector)?;
+            let base = ring_base(index);
+            for (reg, offset) in [
+                (QUEUE_DESC, DESC),
+                (QUEUE_DRIVER, AVAIL),
+                (QUEUE_DEVICE, USED),
+            ] {
+                let addr = self.phys + (base + offset) as u64;
+                self.set(self.common, reg, addr as u32)?;
+                self.set(self.common, reg + 4, (addr >> 32) as u32)?;
+            }
+            let notify_off = self.reg(self.common, QUEUE_NOTIFY_OFF)?;
+            self.set(self.common, QUEUE_ENABLE, 1u16)?;
+            self.rings.push(Ring {
+                index,
+                base,
+                avail_idx: 0,
+                notify_off,
+            });
         }
-        self.set(self.common, QUEUE_SIZE, QUEUE)?;
-        self.set(self.common, QUEUE_MSIX_VECTOR, NO_VECTOR)?;
-        for (reg, offset) in [
-            (QUEUE_DESC, DESC),
-            (QUEUE_DRIVER, AVAIL),
-            (QUEUE_DEVICE, USED),
-        ] {
-            let addr = self.phys + offset as u64;
-            self.set(self.common, reg, addr as u32)?;
-            self.set(self.common, reg + 4, (addr >> 32) as u32)?;
-        }
-        self.notify_off = self.reg(self.common, QUEUE_NOTIFY_OFF)?;
-        self.set(self.common, QUEUE_ENABLE, 1u16)?;
         self.set_status(negotiating | STATUS_DRIVER_OK)?;
         Ok(())
+    }
+
+    /// Points queue `index`'s interrupts at MSI-X vector `vector` (a driver may do this
+    /// at any time; the device reads it back as the vector it took, or NO_VECTOR).
+    pub fn set_queue_vector(&self, index: u16, vector: u16) -> Result<u16> {
+        self.set(self.common, QUEUE_SELECT, index)?;
+        self.set(self.common, QUEUE_MSIX_VECTOR, vector)?;
+        self.reg(self.common, QUEUE_MSIX_VECTOR)
+    }
+
+    /// Points configuration interrupts at MSI-X vector `vector`; what the device took.
+    pub fn set_config_vector(&self, vector: u16) -> Result<u16> {
+        self.set(self.common, CONFIG_MSIX_VECTOR, vector)?;
+        self.reg(self.common, CONFIG_MSIX_VECTOR)
     }
 
     fn features(&self) -> Result<u64> {
@@ -215,16 +311,30 @@ impl Device {
         Ok(features)
     }
 
-    /// Writes descriptor `index` of the queue's table.
+    fn ring(&self, queue: u16) -> Result<&Ring> {
+        self.rings
+            .iter()
+            .find(|r| r.index == queue)
+            .ok_or_else(|| Error::runtime(format!("queue {queue} is not set up")))
+    }
+
+    /// Writes descriptor `index` of queue 0's table.
     pub fn desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) -> Result<()> {
-        write_desc(
-            &self.mem,
-            DESC + 16 * usize::from(index),
-            addr,
-            len,
-            flags,
-            next,
-        )
+        self.desc_on(0, index, addr, len, flags, next)
+    }
+
+    /// Writes descriptor `index` of queue `queue`'s table.
+    pub fn desc_on(
+        &self,
+        queue: u16,
+        index: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) -> Result<()> {
+        let at = self.ring(queue)?.base + DESC + 16 * usize::from(index);
+        write_desc(&self.mem, at, addr, len, flags, next)
     }
 
     /// Writes entry `index` of an indirect table at [`INDIRECT`].
@@ -237,31 +347,64 @@ impl Device {
         self.phys + offset as u64
     }
 
-    /// Makes `heads` available and publishes avail idx `idx` (normally the next index,
-    /// but a test may publish anything), then notifies queue 0.
+    /// Makes `heads` available on queue 0 and publishes avail idx `idx` (normally the
+    /// next index, but a test may publish anything), then notifies it.
     pub fn post(&mut self, heads: &[u16], idx: Option<u16>) -> Result<()> {
+        self.post_on(0, heads, idx)
+    }
+
+    /// [`Device::post`] on queue `queue`.
+    pub fn post_on(&mut self, queue: u16, heads: &[u16], idx: Option<u16>) -> Result<()> {
+        let (base, mut avail_idx, notify_off) = {
+            let r = self.ring(queue)?;
+            (r.base, r.avail_idx, r.notify_off)
+        };
         for head in heads {
-            let slot = usize::from(self.avail_idx % QUEUE);
-            self.mem.write::<u16>(AVAIL + 4 + 2 * slot, *head)?;
-            self.avail_idx = self.avail_idx.wrapping_add(1);
+            let slot = usize::from(avail_idx % QUEUE);
+            self.mem.write::<u16>(base + AVAIL + 4 + 2 * slot, *head)?;
+            avail_idx = avail_idx.wrapping_add(1);
+        }
+        if let Some(r) = self.rings.iter_mut().find(|r| r.index == queue) {
+            r.avail_idx = avail_idx;
         }
         // Ring entries before the index the device reads them by.
         fence(Ordering::SeqCst);
         self.mem
-            .write::<u16>(AVAIL + 2, idx.unwrap_or(self.avail_idx))?;
+            .write::<u16>(base + AVAIL + 2, idx.unwrap_or(avail_idx))?;
         fence(Ordering::SeqCst);
-        let at = usize::from(self.notify_off) * self.notify_multiplier as usize;
-        self.set::<u16>(self.notify, at, 0)
+        self.kick(queue, notify_off)
+    }
+
+    /// Writes queue `queue`'s notification register.
+    fn kick(&self, queue: u16, notify_off: u16) -> Result<()> {
+        let at = usize::from(notify_off) * self.notify_multiplier as usize;
+        self.set::<u16>(self.notify, at, queue)
     }
 
     pub fn used_idx(&self) -> Result<u16> {
-        self.mem.read(USED + 2)
+        self.used_idx_on(0)
     }
 
-    /// Used ring entry `n`: (descriptor head, bytes written).
+    pub fn used_idx_on(&self, queue: u16) -> Result<u16> {
+        self.mem.read(self.ring(queue)?.base + USED + 2)
+    }
+
+    /// Used ring entry `n` of queue 0: (descriptor head, bytes written).
     pub fn used(&self, n: u16) -> Result<(u32, u32)> {
-        let at = USED + 4 + 8 * usize::from(n % QUEUE);
+        self.used_on(0, n)
+    }
+
+    /// Used ring entry `n` of queue `queue`.
+    pub fn used_on(&self, queue: u16, n: u16) -> Result<(u32, u32)> {
+        let at = self.ring(queue)?.base + USED + 4 + 8 * usize::from(n % QUEUE);
         Ok((self.mem.read(at)?, self.mem.read(at + 4)?))
+    }
+
+    /// Overwrites used ring entry `n` of queue `queue` (to see whether the device writes
+    /// it again).
+    pub fn set_used_on(&self, queue: u16, n: u16, head: u32) -> Result<()> {
+        let at = self.ring(queue)?.base + USED + 4 + 8 * usize::from(n % QUEUE);
+        self.mem.write(at, head)
     }
 }
 

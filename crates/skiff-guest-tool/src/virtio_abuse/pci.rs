@@ -82,22 +82,53 @@ impl PciFunction {
             .map_err(|e| Error::runtime(format!("read config of {}: {e}", self.address)))
     }
 
-    fn config_u8(&self, offset: usize) -> Result<u8> {
+    /// Writes `bytes` at `offset` of the configuration space (through the kernel, which
+    /// passes the access on to the device).
+    pub fn config_write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        self.config
+            .write_all_at(bytes, offset as u64)
+            .map_err(|e| Error::runtime(format!("write config of {}: {e}", self.address)))
+    }
+
+    pub fn config_u8(&self, offset: usize) -> Result<u8> {
         let mut b = [0u8; 1];
         self.config_bytes(offset, &mut b)?;
         Ok(b[0])
     }
 
-    fn config_u16(&self, offset: usize) -> Result<u16> {
+    pub fn config_u16(&self, offset: usize) -> Result<u16> {
         let mut b = [0u8; 2];
         self.config_bytes(offset, &mut b)?;
         Ok(u16::from_le_bytes(b))
     }
 
-    fn config_u32(&self, offset: usize) -> Result<u32> {
+    pub fn config_u32(&self, offset: usize) -> Result<u32> {
         let mut b = [0u8; 4];
         self.config_bytes(offset, &mut b)?;
         Ok(u32::from_le_bytes(b))
+    }
+
+    /// The offset of the first capability with ID `id`, if the function has one.
+    pub fn find_capability(&self, id: u8) -> Result<Option<usize>> {
+        if self.config_u16(STATUS)? & STATUS_CAP_LIST == 0 {
+            return Ok(None);
+        }
+        let mut at = usize::from(self.config_u8(CAP_POINTER)? & !3);
+        for _ in 0..64 {
+            if at == 0 {
+                break;
+            }
+            if self.config_u8(at)? == id {
+                return Ok(Some(at));
+            }
+            at = usize::from(self.config_u8(at + 1)? & !3);
+        }
+        Ok(None)
+    }
+
+    /// The configuration-space offset of BAR register `bar`.
+    pub fn bar_register(bar: u8) -> usize {
+        0x10 + 4 * usize::from(bar)
     }
 
     /// Walks the capability list for the virtio structures.

@@ -235,13 +235,16 @@ impl CommonConfig {
     }
 
     /// The status state machine: 0 resets; otherwise FEATURES_OK sticks only if the
-    /// driver's features are acceptable, and DRIVER_OK after FEATURES_OK activates.
+    /// driver's features are acceptable, and DRIVER_OK after FEATURES_OK activates. Bits
+    /// are only ever added (a driver must not clear one, virtio 1.x §2.1.2): a driver that
+    /// clears DRIVER_OK and sets it again does not get its device activated a second time,
+    /// which would start its queues over and replay requests already completed.
     fn write_status(&mut self, new: u8) -> Action {
         if new == 0 {
             return Action::Reset;
         }
         let old = self.status;
-        let mut new = new | (old & STATUS_NEEDS_RESET);
+        let mut new = new | old;
         if new & STATUS_FEATURES_OK != 0
             && old & STATUS_FEATURES_OK == 0
             && !self.features_acceptable()
@@ -379,6 +382,27 @@ mod tests {
         assert_eq!(w(&mut c, DEVICE_STATUS, u64::from(status), 1), Action::None);
         c.set_needs_reset();
         assert_ne!(r(&c, DEVICE_STATUS, 1) as u8 & STATUS_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn driver_ok_again_or_cleared_and_set_activates_nothing() {
+        let mut c = CommonConfig::new(VERSION_1, &[256], 2);
+        negotiate(&mut c, VERSION_1);
+        let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        assert_eq!(w(&mut c, DEVICE_STATUS, u64::from(ok), 1), Action::Activate);
+        assert_eq!(w(&mut c, DEVICE_STATUS, u64::from(ok), 1), Action::None);
+        let cleared = ok & !STATUS_DRIVER_OK;
+        assert_eq!(
+            w(&mut c, DEVICE_STATUS, u64::from(cleared), 1),
+            Action::None
+        );
+        assert_eq!(c.status(), ok, "a driver cannot clear a status bit");
+        assert_eq!(w(&mut c, DEVICE_STATUS, u64::from(ok), 1), Action::None);
+        // A reset starts over.
+        assert_eq!(w(&mut c, DEVICE_STATUS, 0, 1), Action::Reset);
+        c.reset();
+        negotiate(&mut c, VERSION_1);
+        assert_eq!(w(&mut c, DEVICE_STATUS, u64::from(ok), 1), Action::Activate);
     }
 
     #[test]

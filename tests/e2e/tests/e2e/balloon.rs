@@ -11,7 +11,7 @@ use skiff_e2e::{ctl, GuestSpec, TestEnv, Vm, Vmm};
 const MIB: u64 = 1 << 20;
 
 /// The number after `"key": ` in pretty-printed JSON.
-fn json_u64(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn json_u64(text: &str, key: &str) -> Option<u64> {
     let at = text.find(&format!("\"{key}\": "))? + key.len() + 4;
     let digits: String = text[at..]
         .chars()

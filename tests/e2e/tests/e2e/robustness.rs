@@ -40,7 +40,7 @@ const BLOCK_CASES: &[&str] = &[
 const COMPLETING: &[&str] = &["zero-length", "sector-past-end"];
 
 /// The fields of the `case name=NAME ...` line printed after `marker`.
-fn case_line<'a>(output: &'a str, marker: &str, name: &str) -> Option<&'a str> {
+pub(crate) fn case_line<'a>(output: &'a str, marker: &str, name: &str) -> Option<&'a str> {
     let want = format!("case name={name} ");
     output
         .split(marker)
@@ -49,7 +49,7 @@ fn case_line<'a>(output: &'a str, marker: &str, name: &str) -> Option<&'a str> {
         .find(|l| l.trim_start().starts_with(&want))
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let prefix = format!("{key}=");
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(prefix.as_str()))
