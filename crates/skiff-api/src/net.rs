@@ -26,7 +26,8 @@ impl FromStr for MacAddr {
         let mut parts = s.split(':');
         for byte in &mut mac {
             let part = parts.next().ok_or_else(bad)?;
-            if part.len() != 2 {
+            // Two hex digits (from_str_radix alone would take a sign: `+f`).
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad());
             }
             *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
@@ -205,6 +206,7 @@ mod tests {
         let bare: NicSpec = "tap1".parse().expect("valid");
         assert_eq!(bare.tap, "tap1");
         assert!("tap=tap0,mac=52:54:00:ab:cd".parse::<NicSpec>().is_err());
+        assert!("tap=tap0,mac=+2:54:00:ab:cd:01".parse::<NicSpec>().is_err());
         assert!("tap=tap0,mac=52:54:00:ab:cd:01:02"
             .parse::<NicSpec>()
             .is_err());
