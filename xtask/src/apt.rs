@@ -30,6 +30,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "qemu-utils",
     "nftables",
     "dnsmasq-base",
+    "openssh-client",
 ];
 
 /// Set once `apt-get update` ran in this process, so it runs at most once.

@@ -56,9 +56,14 @@ pub fn run(args: &E2eArgs) -> Result<Finished> {
     let tests = build_tests()?;
     let mut test_args: Vec<String> = args.filter.iter().cloned().collect();
     test_args.extend(args.test_args.iter().cloned());
+    let test_image = if needs_test_image(args)? {
+        Some(crate::test_image::build(&assets.cache)?)
+    } else {
+        None
+    };
     match mode {
         Mode::Direct => Ok(Finished {
-            status: run_direct(&assets, &tests, &test_args)?,
+            status: run_direct(&assets, &tests, &test_args, test_image.as_deref())?,
             failed: Vec::new(),
             retries: Vec::new(),
             summary: None,
@@ -70,6 +75,11 @@ pub fn run(args: &E2eArgs) -> Result<Finished> {
             payload.add_binary(&exe, &tests)?;
             for (key, value) in emulated_env() {
                 payload.env(key, &value);
+            }
+            // In the host's RAM like everything there (~170 MiB), so only when needed.
+            if let Some(image) = &test_image {
+                payload.add_file(layout::TEST_IMAGE, image);
+                payload.env("SKIFF_TEST_IMAGE", layout::TEST_IMAGE);
             }
             // Settings for every test's `skiff run` (docs/testing.md).
             for var in FORWARDED_VARS {
@@ -93,6 +103,16 @@ pub fn run(args: &E2eArgs) -> Result<Finished> {
             host::boot(&assets, &payload, &options)
         }
     }
+}
+
+/// Tests that boot the Debian test image (`cargo xtask test-image`): names starting so.
+const TEST_IMAGE_TESTS: &str = "images::debian";
+
+/// Whether the tests `args` select include one that boots the Debian test image.
+fn needs_test_image(args: &E2eArgs) -> Result<bool> {
+    Ok(list_tests(args)?
+        .iter()
+        .any(|t| t.starts_with(TEST_IMAGE_TESTS)))
 }
 
 /// Harness settings passed on into the emulated host: extra `skiff run` arguments, and
@@ -161,10 +181,16 @@ pub fn list_tests(args: &E2eArgs) -> Result<Vec<String>> {
         .collect())
 }
 
-fn run_direct(assets: &Assets, tests: &Path, test_args: &[String]) -> Result<i32> {
+fn run_direct(
+    assets: &Assets,
+    tests: &Path,
+    test_args: &[String],
+    test_image: Option<&Path>,
+) -> Result<i32> {
     let status = Command::new(tests)
         .args(test_args)
         .envs(direct_env(assets)?)
+        .envs(test_image.map(|i| ("SKIFF_TEST_IMAGE", i)))
         .stdin(Stdio::null())
         .status()
         .with_context(|| format!("cannot run {}", tests.display()))?;

@@ -1,7 +1,7 @@
 //! The emulated host's file system: a cached base archive (busybox, KVM modules, QEMU,
-//! mke2fs, qemu-img, dmsetup, LVM, the guest assets, /init from scripts/host-init.sh) and
-//! a per-run archive (binaries with their libraries, environment, command), concatenated
-//! into one initrd: the kernel unpacks concatenated cpio archives in order.
+//! mke2fs, qemu-img, dmsetup, LVM, ssh, the guest assets, /init from scripts/host-init.sh)
+//! and a per-run archive (binaries with their libraries, environment, command),
+//! concatenated into one initrd: the kernel unpacks concatenated cpio archives in order.
 
 use std::path::{Path, PathBuf};
 
@@ -82,6 +82,10 @@ pub mod layout {
     pub const NFT: &str = "/usr/sbin/nft";
     pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
     pub const DMSETUP: &str = "/usr/sbin/dmsetup";
+    pub const SSH: &str = "/usr/bin/ssh";
+    pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+    /// The Debian test image (`cargo xtask test-image`), when the tests need it.
+    pub const TEST_IMAGE: &str = "/opt/skiff/images/debian-12.qcow2";
     pub const TMP: &str = "/tmp/skiff-e2e";
 }
 
@@ -188,6 +192,17 @@ fn base_archive(assets: &Assets) -> Result<PathBuf> {
     let dmsetup = cmd::require("dmsetup", "dmsetup")?;
     add_with_libraries(&mut fs, layout::DMSETUP, &dmsetup)?;
     host_lvm::add(&mut fs)?;
+    // `skiff vm ssh` runs ssh into guests made from an image; the tests make their keys.
+    add_with_libraries(
+        &mut fs,
+        layout::SSH,
+        &cmd::require("ssh", "openssh-client")?,
+    )?;
+    add_with_libraries(
+        &mut fs,
+        layout::SSH_KEYGEN,
+        &cmd::require("ssh-keygen", "openssh-client")?,
+    )?;
     fs.copy(layout::KERNEL, &assets.kernel.bzimage)?;
     fs.copy(layout::VMLINUX, &assets.kernel.vmlinux)?;
     fs.copy(layout::INITRD, &assets.initrd)?;

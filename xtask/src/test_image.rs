@@ -26,7 +26,14 @@ const PACKAGES: &[&str] = &[
     "cloud-init",
     "openssh-server",
     "ifupdown",
+    // DHCP when the seed has no network-config (cloud-init's fallback; managed networks).
+    "isc-dhcp-client",
     "iproute2",
+    // cloud-init's growpart and resizefs (a disk made larger with --disk-size); no longer
+    // Essential, so not in the `apt` variant.
+    "e2fsprogs",
+    "cloud-guest-utils",
+    "fdisk",
     "lighttpd",
     "ca-certificates",
 ];
@@ -39,7 +46,7 @@ pub const PAGE: &str = "hello from a Skiff guest\n";
 const ROOT_MIB: u64 = 1536;
 const DISK_MIB: u64 = 1600;
 /// Bumped when the recipe changes in a way the key does not see.
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
 
 /// Builds (or reuses) the test image; returns its compressed qcow2.
 pub fn build(cache: &Path) -> Result<PathBuf> {
@@ -86,6 +93,10 @@ fn build_in(work: &Path, out: &Path) -> Result<()> {
         // Every VM gets its own host keys from cloud-init; none are shipped.
         "rm -f \"$1\"/etc/ssh/ssh_host_*".to_string(),
         "echo debian > \"$1/etc/hostname\"".to_string(),
+        // A system locale that exists (C.UTF-8 is built into glibc): without one, cloud-init
+        // sets en_US.UTF-8, which Debian's locale-gen does not generate on request, and its
+        // locale module fails.
+        "echo LANG=C.UTF-8 > \"$1/etc/default/locale\"".to_string(),
     ];
     let mut mmdebstrap = Command::new("mmdebstrap");
     mmdebstrap

@@ -209,10 +209,16 @@ impl Store {
             return Ok(());
         }
         let tmp = self.tmp_path("boot");
+        // Readable by all whatever the umask: a jailed VMM reads them as its own uid.
+        let write = |name: &str, bytes: &[u8]| {
+            let path = tmp.join(name);
+            fs::write(&path, bytes)
+                .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o444)))
+        };
         let written = fs::create_dir(&tmp)
-            .and_then(|()| fs::write(tmp.join(KERNEL_FILE), &boot.kernel))
+            .and_then(|()| write(KERNEL_FILE, &boot.kernel))
             .and_then(|()| match &boot.initrd {
-                Some(initrd) => fs::write(tmp.join(INITRD_FILE), initrd),
+                Some(initrd) => write(INITRD_FILE, initrd),
                 None => Ok(()),
             })
             .and_then(|()| fs::rename(&tmp, &dir));

@@ -3,7 +3,7 @@
 //! kernel by Debian's links or the newest version, and images without one refused.
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{symlink, FileExt};
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -187,11 +187,14 @@ fn import_keeps_the_kernel_and_refuses_an_image_without_one() {
         .expect("import");
     assert_eq!(info.boot.kernel, "/boot/vmlinuz-6.1.0-9-cloud-amd64");
     let (kernel, initrd) = store.boot_files(&info.digest);
-    assert_eq!(fs::read(kernel).expect("kernel"), bzimage(9));
-    assert_eq!(
-        fs::read(initrd.expect("initrd")).expect("initrd"),
-        b"initrd 9"
-    );
+    let initrd = initrd.expect("initrd");
+    assert_eq!(fs::read(&kernel).expect("kernel"), bzimage(9));
+    assert_eq!(fs::read(&initrd).expect("initrd"), b"initrd 9");
+    // A jailed VMM reads them as another uid: readable by all, whatever the umask.
+    for file in [&kernel, &initrd] {
+        let mode = fs::metadata(file).expect("boot file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o444, "{}", file.display());
+    }
 
     let empty = d.join("empty");
     fs::create_dir_all(empty.join("etc")).expect("dir");

@@ -35,6 +35,9 @@ pub struct TestEnv {
     /// `SKIFF_E2E_JAIL=UID:GID` (optional): every `skiff run` of the tests is jailed
     /// (`--jail DIR --uid UID --gid GID`, a fresh DIR each), its disk images given to UID.
     pub jail: Option<(u32, u32)>,
+    /// `SKIFF_TEST_IMAGE` (optional): the Debian test image (`cargo xtask test-image`, a
+    /// compressed qcow2), set when the selected tests include `images::debian*`.
+    pub test_image: Option<PathBuf>,
     /// `SKIFF_E2E_EMULATED=1`: the tests run inside the emulated AMD-V host (QEMU's TCG),
     /// whose nested virtualization now and then kills a guest with a triple fault.
     pub emulated: bool,
@@ -83,6 +86,7 @@ impl TestEnv {
                     .map(str::to_owned)
                     .collect(),
                 jail: jail_ids()?,
+                test_image: var("SKIFF_TEST_IMAGE").ok(),
                 emulated: std::env::var("SKIFF_E2E_EMULATED").is_ok_and(|v| v == "1"),
             };
             std::fs::create_dir_all(&env.tmp)
@@ -105,7 +109,8 @@ impl TestEnv {
     /// for daemons under test, whose VMs' files must be in their image directories.
     pub fn image_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = [&self.kernel, &self.vmlinux, &self.initrd, &self.rootfs]
-            .iter()
+            .into_iter()
+            .chain(&self.test_image)
             .filter_map(|f| f.parent().map(PathBuf::from))
             .chain(std::iter::once(self.tmp.clone()))
             .collect();

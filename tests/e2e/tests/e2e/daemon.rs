@@ -105,6 +105,10 @@ impl Daemon {
         daemon
     }
 
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     pub(crate) fn client(&self) -> Client {
         Client::new(Endpoint::Unix(self.socket.clone()), None)
     }

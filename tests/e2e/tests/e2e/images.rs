@@ -1,11 +1,15 @@
 //! Tenant-ready guests (issue 12): virtio-blk on a qcow2 overlay whose backing file is a
-//! shared base image, as the image store makes them.
+//! shared base image, as the image store makes them; the Debian test image booted under
+//! the daemon (`debian`).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use skiff_e2e::{make_ext4, value, GuestSpec, TestEnv, Vmm};
+
+#[path = "images/debian.rs"]
+mod debian;
 
 fn qemu_img(args: &[&str]) -> std::process::Output {
     let env = TestEnv::get();

@@ -56,21 +56,21 @@ fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates bridge `BRIDGE` (if missing) with HOST_IP/24 and brings it up.
-fn set_up_bridge() -> io::Result<()> {
+/// Creates bridge `bridge` (if missing) with `ip`/24 and brings it up (images.rs too).
+pub(crate) fn set_up_bridge(bridge: &str, ip: Ipv4Addr) -> io::Result<()> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     check(fd, "socket")?;
     // SAFETY: `fd` is a new descriptor that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = CString::new(BRIDGE).map_err(io::Error::other)?;
+    let name = CString::new(bridge).map_err(io::Error::other)?;
     // SAFETY: SIOCBRADDBR reads a NUL-terminated name, which `name` is.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDBR, name.as_ptr()) };
     if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
         check(ret, "SIOCBRADDBR")?;
     }
-    let mut req = ifreq(BRIDGE);
-    req.ifr_ifru.ifru_addr = sockaddr(HOST_IP);
+    let mut req = ifreq(bridge);
+    req.ifr_ifru.ifru_addr = sockaddr(ip);
     // SAFETY: SIOCSIFADDR reads an `ifreq` holding an AF_INET address.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) };
     check(ret, "SIOCSIFADDR")?;
@@ -78,7 +78,7 @@ fn set_up_bridge() -> io::Result<()> {
     // SAFETY: SIOCSIFNETMASK reads an `ifreq` holding an AF_INET mask.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) };
     check(ret, "SIOCSIFNETMASK")?;
-    set_link_up(&sock, BRIDGE)
+    set_link_up(&sock, bridge)
 }
 
 /// Deterministic, incompressible test data (xorshift64*).
@@ -117,7 +117,7 @@ struct Crossing {
 /// Boots `spec` (whose NIC is on the bridge with `mac`), gives the guest `guest_ip`, and
 /// moves MIB MiB guest -> host, then host -> guest, checking byte counts and SHA-256.
 fn cross(spec: GuestSpec, guest_ip: &str, mac: &str, port: u16) -> Crossing {
-    set_up_bridge().expect("bridge in the host (needs CAP_NET_ADMIN)");
+    set_up_bridge(BRIDGE, HOST_IP).expect("bridge in the host (needs CAP_NET_ADMIN)");
     let listener = TcpListener::bind((HOST_IP, port)).expect("host listener");
     let (got_tx, got_rx) = mpsc::channel();
     std::thread::spawn(move || {
