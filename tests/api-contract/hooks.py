@@ -12,6 +12,8 @@ are left as they are) is made to meet them, in every phase:
   image or put on a managed network needs an image or network this daemon may not have: the
   body is made a plain VM (its `image` dropped when it names its kernel, NICs naming a network
   left out).
+- POST /vms, rules between fields: a `memory.min` above `memory.size` is dropped, and a NIC
+  whose tap an earlier NIC of the body already uses is left out.
 - POST /images: the path becomes the importable image the test made ($SKIFF_CONTRACT_IMAGE).
 - POST /networks: the subnet's host bits are cleared and a reserved first octet becomes 10,
   so it is usable unless another network has it.
@@ -27,6 +29,7 @@ against ImportEvent and follows the links of (the image's name).
 import ipaddress
 import json
 import os
+from fractions import Fraction
 
 import schemathesis
 from schemathesis.generation import GenerationMode
@@ -55,6 +58,38 @@ def _vm(body):
             dict(disk, path=_real(disk.get("path"), image)) if isinstance(disk, dict) else disk
             for disk in body["disks"]
         ]
+    return _fields(body)
+
+
+_UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _bytes(size):
+    """The bytes of a Size the schema allows (a number of MiB or a string such as "1.5G")."""
+    if isinstance(size, int):
+        return size << 20
+    if not isinstance(size, str):
+        return None
+    text = size.lower()
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :][:1]
+    return Fraction(number) * _UNITS.get(unit, 0)
+
+
+def _fields(body):
+    memory = body.get("memory")
+    if isinstance(memory, dict) and "min" in memory:
+        low, high = _bytes(memory.get("min")), _bytes(memory.get("size"))
+        if low is not None and high is not None and low > high:
+            body["memory"] = {k: v for k, v in memory.items() if k != "min"}
+    if isinstance(body.get("nics"), list):
+        taps, nics = set(), []
+        for nic in body["nics"]:
+            tap = nic.get("tap") if isinstance(nic, dict) else None
+            if tap is None or tap not in taps:
+                nics.append(nic)
+                taps.add(tap)
+        body["nics"] = nics
     return body
 
 

@@ -15,6 +15,9 @@ pub const DEFAULT_SHARES: u64 = 1000;
 const MAX_SPEC_VCPUS: u32 = 4096;
 /// The smallest guest that can hold a kernel, its page tables and an initramfs.
 const MIN_MEMORY: ByteSize = ByteSize::from_mib(16);
+/// Far beyond any host Skiff runs on (x86-64 guests address 64 TiB at most with 46 bits), and
+/// a bound the OpenAPI document can state in every unit.
+const MAX_MEMORY: ByteSize = ByteSize::from_mib(16 * 1024 * 1024);
 const PAGE_SIZE: u64 = 4096;
 /// virtio-blk serial numbers are 20 bytes.
 const MAX_DISK_ID: usize = 20;
@@ -334,6 +337,12 @@ impl VmSpec {
                 format!("{size} is less than the minimum of {MIN_MEMORY}"),
             ));
         }
+        if size > MAX_MEMORY {
+            return Err(SpecError::invalid(
+                "memory.size",
+                format!("{size} is more than the maximum of {MAX_MEMORY}"),
+            ));
+        }
         if !size.bytes().is_multiple_of(PAGE_SIZE) {
             return Err(SpecError::invalid(
                 "memory.size",
@@ -614,6 +623,7 @@ mod tests {
                 Some("vcpus"),
             ),
             (r#"{"kernel":"/k","memory":"1M"}"#, Some("memory.size")),
+            (r#"{"kernel":"/k","memory":"16385G"}"#, Some("memory.size")),
             (
                 r#"{"kernel":"/k","memory":{"size":"256M","min":"1G"}}"#,
                 Some("memory.min"),
@@ -627,6 +637,11 @@ mod tests {
         for (json, field) in cases {
             let err = VmSpec::from_json(json).expect_err(json);
             assert_eq!(err.field(), field, "{json}: {err}");
+        }
+        // The bounds themselves are taken.
+        for memory in ["16M", "16T"] {
+            let json = format!(r#"{{"kernel":"/k","memory":"{memory}"}}"#);
+            assert!(VmSpec::from_json(&json).is_ok(), "{json}");
         }
     }
 

@@ -26,7 +26,7 @@ pub enum HostError {
     Network(String),
     #[error("name: a VM named `{0}` exists already")]
     Duplicate(String),
-    /// The VM's state does not allow the action.
+    /// The daemon's state does not allow the action (a VM's, another network's subnet).
     #[error("{0}")]
     Conflict(String),
     #[error("VM `{name}`: {source}")]

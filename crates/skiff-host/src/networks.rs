@@ -180,7 +180,11 @@ impl Networks {
                 )));
             }
             let existing: Vec<&Network> = state.nets.values().collect();
-            ipam::check_new(&spec, &existing).map_err(|(f, e)| HostError::invalid(f, e))?;
+            let subnet =
+                ipam::check_new(&spec, &existing).map_err(|(f, e)| HostError::invalid(f, e))?;
+            if let Some(why) = ipam::overlapping(&subnet, &existing) {
+                return Err(HostError::Conflict(format!("subnet: {why}")));
+            }
             let id = ipam::next_id(&existing).ok_or_else(|| {
                 HostError::invalid("name", format!("at most {} networks", ipam::MAX_NETWORKS))
             })?;

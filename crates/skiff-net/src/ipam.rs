@@ -119,7 +119,8 @@ pub fn mac_for(ip: Ipv4Addr) -> MacAddr {
     MacAddr([0x52, 0x54, 0x00, o[1], o[2], o[3]])
 }
 
-/// Checks a network to create against the existing ones: (field, reason) on failure.
+/// Checks a network to create against the existing ones' names: (field, reason) on failure.
+/// Its subnet against theirs is [`overlapping`]: a conflict with them, not a malformed request.
 pub fn check_new(
     spec: &NetworkSpec,
     existing: &[&Network],
@@ -128,19 +129,20 @@ pub fn check_new(
     if existing.iter().any(|n| n.spec.name == spec.name) {
         return Err(("name", format!("network `{}` already exists", spec.name)));
     }
-    let subnet = Subnet::parse(&spec.subnet).map_err(|e| ("subnet", e))?;
-    for other in existing {
-        if other.subnet().is_ok_and(|s| s.overlaps(&subnet)) {
-            return Err((
-                "subnet",
-                format!(
-                    "{subnet} overlaps network `{}` ({})",
-                    other.spec.name, other.spec.subnet
-                ),
-            ));
-        }
-    }
-    Ok(subnet)
+    Subnet::parse(&spec.subnet).map_err(|e| ("subnet", e))
+}
+
+/// Why `subnet` cannot be had beside the existing networks: the first one it overlaps.
+pub fn overlapping(subnet: &Subnet, existing: &[&Network]) -> Option<String> {
+    existing
+        .iter()
+        .find(|other| other.subnet().is_ok_and(|s| s.overlaps(subnet)))
+        .map(|other| {
+            format!(
+                "{subnet} overlaps network `{}` ({})",
+                other.spec.name, other.spec.subnet
+            )
+        })
 }
 
 /// The lowest id no existing network has.
@@ -212,10 +214,15 @@ mod tests {
         assert_eq!(field(spec("c", "10.3.0.0/24")), None);
         assert_eq!(field(spec("a", "10.3.0.0/24")), Some("name"));
         assert_eq!(field(spec("c d", "10.3.0.0/24")), Some("name"));
-        assert_eq!(field(spec("c", "10.1.7.0/24")), Some("subnet"));
-        assert_eq!(field(spec("c", "10.0.0.0/8")), Some("subnet"));
         assert_eq!(field(spec("c", "10.3.0.0/30")), Some("subnet"));
-        let (_, why) = check_new(&spec("c", "10.1.7.0/24"), &existing).expect_err("overlap");
+        let overlap = |s: &str| {
+            let subnet = check_new(&spec("c", s), &existing).expect("a well-formed subnet");
+            overlapping(&subnet, &existing)
+        };
+        assert_eq!(overlap("10.3.0.0/24"), None);
+        let why = overlap("10.1.7.0/24").expect("overlaps a");
+        assert!(why.contains("network `a`"), "{why}");
+        let why = overlap("10.0.0.0/8").expect("overlaps a and b");
         assert!(why.contains("network `a`"), "{why}");
         assert_eq!(next_id(&existing), Some(3));
         assert_eq!(next_id(&[&b]), Some(1));

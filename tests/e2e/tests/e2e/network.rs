@@ -298,7 +298,7 @@ fn bad_input_and_no_leaks_after_50_cycles() {
     );
     let (status, msg) = net(serde_json::json!({"name": "d", "subnet": "10.90.0.0/16"}));
     assert!(
-        status == 400 && msg.starts_with("subnet:") && msg.contains("overlaps network `c`"),
+        status == 409 && msg.starts_with("subnet:") && msg.contains("overlaps network `c`"),
         "{msg}"
     );
     let (status, msg) = net(serde_json::json!({"name": "d", "subnet": "10.91.0.0/30"}));
