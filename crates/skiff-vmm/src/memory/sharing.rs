@@ -103,29 +103,63 @@ pub fn estimate_shareable(
     rng: &mut SmallRng,
     pages: u32,
 ) -> io::Result<ShareableEstimate> {
-    let mut tally = ContentTally::default();
-    let mut buf = [0u8; PAGE_SIZE as usize];
-    let mut resident = [0u8; 1];
-    for page in choose_pages(rng, ram.pages(), pages) {
-        ram.resident_map(page, &mut resident)?;
-        if resident[0] & 1 == 0 {
-            continue;
-        }
-        ram.read_page(page, &mut buf)?;
-        tally.add(&buf);
-    }
-    Ok(tally.estimate())
+    let mut sample = Sample::new(ram, rng, pages);
+    sample.take(ram, None)?;
+    Ok(sample.tally.estimate())
 }
 
-/// The shareable estimate, recomputed when the last one is older than a few seconds.
+/// A sample being taken: the pages still to read (last first) and what the read ones hold.
+struct Sample {
+    pages: Vec<u64>,
+    tally: ContentTally,
+}
+
+impl Sample {
+    fn new(ram: &GuestRam, rng: &mut SmallRng, pages: u32) -> Self {
+        let mut pages = choose_pages(rng, ram.pages(), pages);
+        pages.reverse();
+        Sample {
+            pages,
+            tally: ContentTally::default(),
+        }
+    }
+
+    /// Reads pages until none is left (true) or `until` has passed (false).
+    fn take(&mut self, ram: &GuestRam, until: Option<Instant>) -> io::Result<bool> {
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        let mut resident = [0u8; 1];
+        while let Some(&page) = self.pages.last() {
+            if until.is_some_and(|t| Instant::now() >= t) {
+                return Ok(false);
+            }
+            ram.resident_map(page, &mut resident)?;
+            if resident[0] & 1 != 0 {
+                ram.read_page(page, &mut buf)?;
+                self.tally.add(&buf);
+            }
+            self.pages.pop();
+        }
+        Ok(true)
+    }
+}
+
+/// The shareable estimate, renewed when the last one is older than a few seconds. It is
+/// asked for on the control thread (stats), which must answer at once however busy the
+/// host is: each call reads pages for at most [`SLICE`], and a sample not finished by
+/// then goes on at the next call (with 16 busy VMs in the emulated host, a whole sample
+/// in one call held answers for up to 5 s).
 pub struct SharingMonitor {
     ram: GuestRam,
     cached: Mutex<Cached>,
 }
 
+/// How long one call may spend sampling.
+const SLICE: Duration = Duration::from_millis(10);
+
 struct Cached {
     rng: SmallRng,
     last: Option<(Instant, ShareableEstimate)>,
+    taking: Option<Sample>,
 }
 
 impl SharingMonitor {
@@ -135,20 +169,38 @@ impl SharingMonitor {
             cached: Mutex::new(Cached {
                 rng: seeded_rng(),
                 last: None,
+                taking: None,
             }),
         }
     }
 
+    /// The newest whole estimate; while none is finished, the part taken so far.
     pub fn estimate(&self) -> io::Result<ShareableEstimate> {
-        let mut cached = lock(&self.cached);
+        let mut guard = lock(&self.cached);
+        let cached = &mut *guard;
         if let Some((at, estimate)) = &cached.last {
             if at.elapsed() < ESTIMATE_MAX_AGE {
                 return Ok(estimate.clone());
             }
         }
-        let estimate = estimate_shareable(&self.ram, &mut cached.rng, SHARING_SAMPLE_PAGES)?;
-        cached.last = Some((Instant::now(), estimate.clone()));
-        Ok(estimate)
+        let sample = match &mut cached.taking {
+            Some(sample) => sample,
+            None => cached.taking.insert(Sample::new(
+                &self.ram,
+                &mut cached.rng,
+                SHARING_SAMPLE_PAGES,
+            )),
+        };
+        if sample.take(&self.ram, Some(Instant::now() + SLICE))? {
+            let estimate = sample.tally.estimate();
+            cached.last = Some((Instant::now(), estimate.clone()));
+            cached.taking = None;
+            return Ok(estimate);
+        }
+        Ok(match &cached.last {
+            Some((_, estimate)) => estimate.clone(),
+            None => sample.tally.estimate(),
+        })
     }
 }
 
@@ -217,5 +269,37 @@ mod tests {
         assert!(e.sampled > 150 && e.sampled < 360, "{e:?}");
         assert_eq!(e.zero, 0);
         assert_eq!(e.duplicate, e.sampled - 1, "{e:?}");
+    }
+
+    #[test]
+    fn a_sample_is_taken_in_slices_and_the_last_whole_one_is_kept_meanwhile() {
+        let ram = GuestRam::new(16 << 20, RamOptions { mergeable: false }).expect("map");
+        ram.memory()
+            .write_slice(&vec![7u8; 16 << 20], GuestAddress(0))
+            .expect("write");
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut sample = Sample::new(&ram, &mut rng, 64);
+        // A deadline already past reads nothing.
+        assert!(!sample.take(&ram, Some(Instant::now())).expect("take"));
+        assert_eq!(sample.tally.estimate().sampled, 0);
+        assert!(sample.take(&ram, None).expect("take"));
+        let e = sample.tally.estimate();
+        assert_eq!((e.sampled, e.duplicate), (64, 63));
+
+        // Each call reads for at most a slice: the parts grow until the sample is whole,
+        // which is then kept.
+        let monitor = SharingMonitor::new(ram);
+        let mut sampled = 0;
+        let mut calls = 0;
+        while sampled < SHARING_SAMPLE_PAGES {
+            let e = monitor.estimate().expect("estimate");
+            assert!(e.sampled >= sampled, "{e:?} after {sampled}");
+            sampled = e.sampled;
+            calls += 1;
+            assert!(calls < 10_000, "never finished: {e:?}");
+        }
+        let whole = monitor.estimate().expect("estimate");
+        assert_eq!(whole.sampled, SHARING_SAMPLE_PAGES);
+        assert_eq!(monitor.estimate().expect("estimate"), whole);
     }
 }

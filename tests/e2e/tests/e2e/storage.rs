@@ -491,7 +491,6 @@ fn stats_latency(socket: &Path) -> Result<Duration, String> {
 }
 
 #[test]
-#[ignore = "not met yet in the loaded emulated host (answers up to 1.2 s, 1.1 s beyond the host's own): cargo xtask e2e storage::sixteen -- --ignored --nocapture"]
 fn sixteen_busy_vms_keep_their_control_sockets_answering() {
     const VMS: usize = 16;
     let env = TestEnv::get();
