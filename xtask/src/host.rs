@@ -33,11 +33,10 @@ const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 sysrq_always_enab
 const HOST_CPUS: usize = 2;
 
 /// The emulated machine: TCG on both host cores, `-cpu max` for SVM with nested paging,
-/// without virtual GIF (`vgif=off`, so the host's KVM does not use it). With it, hosts
-/// froze with a timer interrupt pending in a halted CPU's APIC and crashed on an interrupt
-/// taken before KVM had restored the host's state after VMRUN: both what a host GIF left
-/// clear, or not set when it should be, would do (docs/testing.md, "Guest faults in the
-/// emulated host"). qboot is faster than SeaBIOS
+/// without virtual GIF (`vgif=off`, so the host's KVM does not use it). With it, a host
+/// froze with a timer interrupt pending in a halted CPU's APIC, what a host GIF left clear
+/// would do; no host froze without it, but the other host crash (an interrupt taken right
+/// after VMRUN) still happens (docs/testing.md, "Guest faults in the emulated host"). qboot is faster than SeaBIOS
 /// and prints nothing. (`-M microvm` boots faster still but hung before any output in 2
 /// of 4 boots, with QEMU 7.2.) No audio: probing for it loads modules, and those of the
 /// system's older QEMU abort a fetched one.
