@@ -150,17 +150,13 @@ fn odd_frames_bar_moves_msix_storms_and_driver_ok_twice_harm_nothing() {
          echo root=$(head -c 65536 /dev/vda | sha256sum | cut -d' ' -f1)",
         frames.join(" ")
     );
-    let out = GuestSpec::new(Vmm::Skiff)
-        .vmm_args(["--disk", &format!("path={}", root.display())])
-        .vmm_args(["--disk", &format!("path={},id=victim", victim.display())])
-        .vmm_args(["--nic", "tap=skabuse0"])
-        .cmd(cmd)
-        .timeout(Duration::from_secs(400))
-        .run_ok();
-    let output = out.command_output();
-    for line in output.lines().filter(|l| l.starts_with("case ")) {
-        eprintln!("{line}");
-    }
+    let (out, output) = super::robustness::run_abuse(
+        &root,
+        &victim,
+        &["--nic", "tap=skabuse0"],
+        &cmd,
+        Duration::from_secs(400),
+    );
     assert_eq!(out.vmm_status.code(), Some(0), "{out}");
     let storms = ["driver-ok-twice", "msix-storm"];
     let net_cases: Vec<&str> = frames.iter().map(String::as_str).chain(storms).collect();

@@ -39,6 +39,30 @@ const BLOCK_CASES: &[&str] = &[
 /// Cases that must complete rather than break the device.
 const COMPLETING: &[&str] = &["zero-length", "sector-past-end"];
 
+/// Boots a guest with `root` as its first disk and `victim` (id `victim`) as its second,
+/// plus `extra` VMM arguments, runs the abuse command `cmd`, and prints its `case` lines;
+/// the run's output and the command's.
+pub(crate) fn run_abuse(
+    root: &std::path::Path,
+    victim: &std::path::Path,
+    extra: &[&str],
+    cmd: &str,
+    timeout: Duration,
+) -> (skiff_e2e::RunOutput, String) {
+    let out = GuestSpec::new(Vmm::Skiff)
+        .vmm_args(["--disk", &format!("path={}", root.display())])
+        .vmm_args(["--disk", &format!("path={},id=victim", victim.display())])
+        .vmm_args(extra.iter().copied())
+        .cmd(cmd)
+        .timeout(timeout)
+        .run_ok();
+    let output = out.command_output();
+    for line in output.lines().filter(|l| l.starts_with("case ")) {
+        eprintln!("{line}");
+    }
+    (out, output)
+}
+
 /// The fields of the `case name=NAME ...` line printed after `marker`.
 pub(crate) fn case_line<'a>(output: &'a str, marker: &str, name: &str) -> Option<&'a str> {
     let want = format!("case name={name} ");
@@ -83,16 +107,7 @@ fn malformed_chains_need_a_reset_and_harm_nothing_else() {
          echo victim=$(head -c 16 /dev/$V); \
          echo root=$(head -c 65536 /dev/vda | sha256sum | cut -d' ' -f1)"
     );
-    let out = GuestSpec::new(Vmm::Skiff)
-        .vmm_args(["--disk", &format!("path={}", root.display())])
-        .vmm_args(["--disk", &format!("path={},id=victim", victim.display())])
-        .cmd(cmd)
-        .timeout(Duration::from_secs(300))
-        .run_ok();
-    let output = out.command_output();
-    for line in output.lines().filter(|l| l.starts_with("case ")) {
-        eprintln!("{line}");
-    }
+    let (out, output) = run_abuse(&root, &victim, &[], &cmd, Duration::from_secs(300));
 
     // The VMM kept running through it all and stopped when the guest powered off.
     assert_eq!(out.vmm_status.code(), Some(0), "{out}");
