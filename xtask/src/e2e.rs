@@ -67,6 +67,7 @@ pub fn run(args: &E2eArgs) -> Result<Finished> {
             failed: Vec::new(),
             retries: Vec::new(),
             summary: None,
+            times: Vec::new(),
         }),
         Mode::Emulated => {
             let mut payload = Payload::default();

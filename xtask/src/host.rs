@@ -187,6 +187,8 @@ pub struct Finished {
     pub retries: Vec<String>,
     /// libtest's summary line, when the command was a libtest executable.
     pub summary: Option<String>,
+    /// How long each test took, in the order they ended.
+    pub times: Vec<(String, std::time::Duration)>,
 }
 
 /// Boots the host, runs `payload.command` in it, streams its console and returns the
@@ -250,6 +252,7 @@ pub fn boot(assets: &Assets, payload: &Payload, options: &BootOptions) -> Result
                             failed: console.report().failed().to_vec(),
                             retries: console.report().retries().to_vec(),
                             summary: console.summary().map(str::to_owned),
+                            times: console.report().times().to_vec(),
                         });
                     }
                 }

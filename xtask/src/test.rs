@@ -98,6 +98,8 @@ struct Retries {
     reruns: Vec<String>,
     /// The last run's libtest summary line.
     summary: Option<String>,
+    /// Every run's test times, in the order the tests ended.
+    times: Vec<(String, std::time::Duration)>,
 }
 
 impl Retries {
@@ -120,6 +122,7 @@ impl Retries {
             self.in_tests.len(),
             self.reruns.len()
         );
+        println!("{}", times_line(&self.times));
         if let Some(summary) = &self.summary {
             println!("{summary}");
         }
@@ -129,7 +132,29 @@ impl Retries {
     fn add(&mut self, run: &crate::host::Finished) {
         self.in_tests.extend(run.retries.iter().cloned());
         self.summary.clone_from(&run.summary);
+        self.times.extend(run.times.iter().cloned());
     }
+}
+
+/// `SKIFF-E2E-TIMES:` the tests' time in all, and those of 10 s or more, slowest first
+/// (what to look at when the suite outgrows CI's budget).
+fn times_line(times: &[(String, std::time::Duration)]) -> String {
+    let total: u64 = times.iter().map(|(_, t)| t.as_secs()).sum();
+    let mut slow: Vec<&(String, std::time::Duration)> =
+        times.iter().filter(|(_, t)| t.as_secs() >= 10).collect();
+    slow.sort_by(|a, b| b.1.cmp(&a.1));
+    let slow: Vec<String> = slow
+        .iter()
+        .map(|(name, t)| format!("{name} {} s", t.as_secs()))
+        .collect();
+    format!(
+        "SKIFF-E2E-TIMES: {total} s in tests; 10 s or more: {}",
+        if slow.is_empty() {
+            "none".to_owned()
+        } else {
+            slow.join(", ")
+        }
+    )
 }
 
 fn run_e2e_counting(args: &E2eArgs, retries: &mut Retries) -> Result<i32> {
@@ -138,6 +163,7 @@ fn run_e2e_counting(args: &E2eArgs, retries: &mut Retries) -> Result<i32> {
         Err(e) => match e.downcast::<HostFault>() {
             Ok(fault) => {
                 retries.in_tests.extend_from_slice(fault.report.retries());
+                retries.times.extend_from_slice(fault.report.times());
                 return rerun_after_host_fault(args, &fault, retries);
             }
             Err(e) => return Err(e),

@@ -1,6 +1,9 @@
-//! Reads libtest's output as it streams by: which tests failed, and whether a failed
+//! Reads libtest's output as it streams by: which tests failed, whether a failed
 //! test's captured output shows a guest killed by a triple fault (what the emulated
-//! host's nested virtualization now and then does; docs/testing.md).
+//! host's nested virtualization now and then does; docs/testing.md), and how long each
+//! test took.
+
+use std::time::{Duration, Instant};
 
 /// What a Skiff VMM prints when its guest died of a triple fault.
 const TRIPLE_FAULT: &str = "guest crashed: triple fault";
@@ -15,8 +18,13 @@ pub struct FailedTest {
     pub triple_fault: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TestReport {
+    /// Each test's wall-clock time, in the order they ended: the time since the previous
+    /// result line (the suite runs one test at a time), the first counted from the start.
+    times: Vec<(String, Duration)>,
+    /// When the previous result line (or the report) came.
+    last_result: Instant,
     failed: Vec<FailedTest>,
     /// Tests that passed or were ignored.
     settled: Vec<String>,
@@ -29,8 +37,28 @@ pub struct TestReport {
     in_list: bool,
 }
 
+impl Default for TestReport {
+    fn default() -> Self {
+        Self {
+            times: Vec::new(),
+            last_result: Instant::now(),
+            failed: Vec::new(),
+            settled: Vec::new(),
+            retries: Vec::new(),
+            section: None,
+            in_list: false,
+        }
+    }
+}
+
 impl TestReport {
     pub fn feed(&mut self, line: &str) {
+        if let Some(name) = result_line(line) {
+            let now = Instant::now();
+            self.times
+                .push((name.to_owned(), now.duration_since(self.last_result)));
+            self.last_result = now;
+        }
         if let Some(retry) = line.split_once(RETRY).map(|(_, rest)| rest.trim()) {
             // Anywhere in a line: console noise may stand before it.
             self.retries.push(retry.to_owned());
@@ -94,6 +122,18 @@ impl TestReport {
     pub fn settled(&self) -> &[String] {
         &self.settled
     }
+
+    /// How long each test that ended took, in the order they ended.
+    pub fn times(&self) -> &[(String, Duration)] {
+        &self.times
+    }
+}
+
+/// The name in any `test NAME ... RESULT` line (one test's end).
+fn result_line(line: &str) -> Option<&str> {
+    let (name, result) = line.strip_prefix("test ")?.split_once(" ... ")?;
+    let ended = result == "ok" || result == "FAILED" || result.starts_with("ignored");
+    (ended && !name.contains(char::is_whitespace)).then_some(name)
 }
 
 /// The name in `test NAME ... ok` or `test NAME ... ignored[, reason]`.
@@ -113,6 +153,22 @@ mod tests {
             report.feed(line);
         }
         report.failed().to_vec()
+    }
+
+    #[test]
+    fn times_each_test_that_ends() {
+        let mut report = TestReport::default();
+        for line in "running 3 tests\n\
+                     test a ... ok\n\
+                     test b ... ignored, slow\n\
+                     test c ... FAILED\n\
+                     test d ... [ 1.0] noise"
+            .lines()
+        {
+            report.feed(line);
+        }
+        let names: Vec<&str> = report.times().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 
     #[test]

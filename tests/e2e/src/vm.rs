@@ -283,11 +283,16 @@ impl Vm {
                 Err(e) => return Err(Error::io("waiting for the VMM", e)),
             }
             if Instant::now() >= deadline {
+                // Where each VMM thread waits says whether the guest or the VMM hung.
+                let threads = thread_states(self.child.id());
                 self.kill_and_reap();
                 return Err(Error::Timeout {
                     waiting_for: "the VMM to exit (it was killed)".into(),
                     after: timeout,
-                    context: self.context(),
+                    context: format!(
+                        "{}\nVMM threads before the kill:\n{threads}",
+                        self.context()
+                    ),
                 });
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -512,11 +512,12 @@ fn sixteen_busy_vms_keep_their_control_sockets_answering() {
                 "--sampling-period".into(),
                 "0".into(),
             ])
-            // Each waits for the word: all start their I/O together.
+            // Each waits for the word: all start their I/O together, and keep at it well
+            // past the 20 s of questions below (the words reach them one after another).
             .cmd(
                 "echo BUSY-READY; read x; \
-                 skiff-guest-tool iobench /dev/vda rand-write --mib 16 --seconds 15 --threads 2 && \
-                 skiff-guest-tool iobench /dev/vda rand-read --mib 16 --seconds 15 --threads 2",
+                 skiff-guest-tool iobench /dev/vda rand-write --mib 16 --seconds 30 --threads 2 && \
+                 skiff-guest-tool iobench /dev/vda rand-read --mib 16 --seconds 10 --threads 2",
             )
             .timeout(Duration::from_secs(600))
             .spawn()
@@ -555,7 +556,8 @@ fn sixteen_busy_vms_keep_their_control_sockets_answering() {
     while Instant::now() < until {
         for (i, socket) in sockets.iter().enumerate() {
             let before = stats_latency(&reference).expect("reference");
-            let took = stats_latency(socket).unwrap_or_else(|e| panic!("VM {i}: {e}"));
+            let took = stats_latency(socket)
+                .unwrap_or_else(|e| panic!("VM {i}'s control socket: {e}\n{}", vms[i].context()));
             let after = stats_latency(&reference).expect("reference");
             stalls.push(took.saturating_sub(before.max(after)));
             answers.push(took);

@@ -245,7 +245,7 @@ fn more_vcpus_than_kvm_allows_are_refused() {
 #[test]
 fn more_memory_than_the_host_has_is_refused() {
     assert_refused(
-        &["--kernel", &kernel(), "--memory", "100T"],
+        &["--kernel", &kernel(), "--memory", "15T"],
         "MiB of RAM and swap",
         None,
     );
