@@ -142,7 +142,7 @@ fn times_line(times: &[(String, std::time::Duration)]) -> String {
     let total: u64 = times.iter().map(|(_, t)| t.as_secs()).sum();
     let mut slow: Vec<&(String, std::time::Duration)> =
         times.iter().filter(|(_, t)| t.as_secs() >= 10).collect();
-    slow.sort_by(|a, b| b.1.cmp(&a.1));
+    slow.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
     let slow: Vec<String> = slow
         .iter()
         .map(|(name, t)| format!("{name} {} s", t.as_secs()))
