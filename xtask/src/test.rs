@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::e2e::{self, E2eArgs};
 use crate::host::HostFault;
+use crate::test_report::FailedTest;
 use crate::{apt, fuzz, paths, ModeOpt};
 
 /// Seconds each fuzz target runs in `cargo xtask test` (docs/fuzzing.md has longer runs).
@@ -191,35 +192,48 @@ fn run_e2e_counting(args: &E2eArgs, retries: &mut Retries) -> Result<i32> {
 
 /// The emulated host's kernel crashed or hung under the suite (not a test failing):
 /// the tests it had not finished run once more in a fresh host, so that a summary line
-/// still ends the output. Tests that had failed before run again too, to show why, but
-/// fail the run whatever the second run says. A second fault is an error.
+/// still ends the output. Tests that had failed of a guest triple fault before it run
+/// again too, as they would have without the fault, and their second result counts.
+/// Tests that had failed otherwise run again to show why, but fail the run whatever the
+/// second run says. A second fault is an error.
 fn rerun_after_host_fault(args: &E2eArgs, fault: &HostFault, retries: &mut Retries) -> Result<i32> {
     let settled = fault.report.settled();
-    let failed: Vec<String> = fault
-        .report
-        .failed()
-        .iter()
-        .map(|t| t.name.clone())
-        .collect();
+    let (faulted, failed): (Vec<&FailedTest>, Vec<&FailedTest>) =
+        fault.report.failed().iter().partition(|t| t.triple_fault);
+    let faulted: Vec<String> = faulted.iter().map(|t| t.name.clone()).collect();
+    let failed: Vec<String> = failed.iter().map(|t| t.name.clone()).collect();
     let unfinished: Vec<String> = e2e::list_tests(args)?
         .into_iter()
-        .filter(|t| !settled.contains(t) && !failed.contains(t))
+        .filter(|t| !settled.contains(t) && !failed.contains(t) && !faulted.contains(t))
         .collect();
+    let mut also = Vec::new();
+    if !faulted.is_empty() {
+        also.push(format!(
+            "those whose guest died of a triple fault ({}), once more",
+            faulted.join(", ")
+        ));
+    }
+    if !failed.is_empty() {
+        also.push(format!(
+            "to show why, those that had failed ({}), which fail the run",
+            failed.join(", ")
+        ));
+    }
     println!(
         "SKIFF-E2E-RERUN: {fault}; running in a fresh host the {} test(s) it had not finished{}",
         unfinished.len(),
-        if failed.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " and, to show why, those that had failed ({}), which fail the run",
-                failed.join(", ")
-            )
-        }
+        also.iter().map(|a| format!(" and {a}")).collect::<String>()
     );
-    // One retry, of whatever the host was running (the fault names the test when known).
+    // One retry, of whatever the host was running (the fault names the test when known),
+    // and one for each test a triple fault had failed.
     retries.reruns.push(fault.to_string());
-    let names: Vec<String> = failed.iter().cloned().chain(unfinished).collect();
+    retries.reruns.extend(faulted.iter().cloned());
+    let names: Vec<String> = failed
+        .iter()
+        .chain(&faulted)
+        .cloned()
+        .chain(unfinished)
+        .collect();
     if names.is_empty() {
         return Ok(0);
     }
