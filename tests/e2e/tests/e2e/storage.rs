@@ -388,85 +388,50 @@ fn qd_run(vm: &mut skiff_e2e::Vm, depth: u32) -> f64 {
     }
 }
 
+/// Deep queues run in parallel: QD32 against QD1 in one Skiff guest, alternated over
+/// three rounds. The comparison with QEMU at the same depth is a speed target, measured
+/// by `cargo xtask bench blk` beside QEMU (docs/benchmarks.md); run here, next to a QEMU
+/// guest doing the same, it was also what most often brought the emulated host down
+/// (docs/testing.md).
 #[test]
-fn random_reads_at_queue_depth_32_beat_depth_1_beside_qemu() {
+fn random_reads_at_queue_depth_32_beat_depth_1() {
     let env = TestEnv::get();
     let image = env.scratch("qd.raw");
     let data: Vec<u8> = (0..64 * MIB).map(|i| (i % 251) as u8).collect();
     std::fs::write(&image, data).expect("image");
-    let rounds = 5;
-    let mut skiff = GuestSpec::new(Vmm::Skiff)
+    let rounds = 3;
+    let mut vm = GuestSpec::new(Vmm::Skiff)
         .vmm_args(["--disk", &disk_arg(&image.to_string_lossy())])
         .cmd(QD_GUEST)
-        .timeout(Duration::from_secs(900))
+        .timeout(Duration::from_secs(600))
         .spawn()
         .expect("spawn Skiff");
-    let mut qemu = GuestSpec::new(Vmm::Qemu)
-        .vmm_args([
-            "-M".to_string(),
-            "microvm,pcie=on".into(),
-            "-drive".into(),
-            format!(
-                "file={},format=raw,if=none,id=d0,cache=writeback,aio=threads",
-                image.display()
-            ),
-            "-device".into(),
-            "virtio-blk-pci,drive=d0,num-queues=1,queue-size=256".into(),
-        ])
-        .cmd(QD_GUEST)
-        .timeout(Duration::from_secs(900))
-        .spawn()
-        .expect("spawn QEMU");
-    for vm in [&mut skiff, &mut qemu] {
-        vm.wait_for("QD-READY", Duration::from_secs(300))
-            .expect("the guest boots");
-    }
-    // Interleaved: each figure of one VMM is taken right beside the other's, the order
-    // swapped every round, so the machine's drifting load falls on both alike.
-    let (mut s1, mut s32, mut q1, mut q32) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    vm.wait_for("QD-READY", Duration::from_secs(300))
+        .expect("the guest boots");
+    let (mut qd1, mut qd32) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for depth in [1, 32] {
-            let (s, q) = if round % 2 == 0 {
-                let s = qd_run(&mut skiff, depth);
-                (s, qd_run(&mut qemu, depth))
-            } else {
-                let q = qd_run(&mut qemu, depth);
-                (qd_run(&mut skiff, depth), q)
-            };
-            let (sv, qv) = if depth == 1 {
-                (&mut s1, &mut q1)
-            } else {
-                (&mut s32, &mut q32)
-            };
-            sv.push(s);
-            qv.push(q);
+        // The order swaps every round, so that drifting load falls on both alike.
+        let depths = if round % 2 == 0 { [1, 32] } else { [32, 1] };
+        for depth in depths {
+            let iops = qd_run(&mut vm, depth);
+            if depth == 1 { &mut qd1 } else { &mut qd32 }.push(iops);
         }
     }
-    for vm in [&mut skiff, &mut qemu] {
-        vm.send_line("end").expect("console");
-    }
-    let rounds_text = format!("skiff QD1 {s1:?} QD32 {s32:?}; qemu QD1 {q1:?} QD32 {q32:?}");
-    let (skiff_qd1, skiff_qd32, qemu_qd1, qemu_qd32) =
-        (median(s1), median(s32), median(q1), median(q32));
+    vm.send_line("end").expect("console");
+    let rounds_text = format!("QD1 {qd1:?} QD32 {qd32:?}");
+    let (m1, m32) = (median(qd1), median(qd32));
     eprintln!(
-        "4 KiB random reads, IOPS (medians of {rounds} interleaved rounds): skiff QD1 \
-         {skiff_qd1:.0} QD32 {skiff_qd32:.0} ({:.2}x); qemu aio=threads QD1 {qemu_qd1:.0} QD32 \
-         {qemu_qd32:.0}; skiff/qemu at QD32 {:.2}\nrounds: {rounds_text}",
-        skiff_qd32 / skiff_qd1,
-        skiff_qd32 / qemu_qd32
+        "4 KiB random reads, IOPS (medians of {rounds} rounds): QD1 {m1:.0} QD32 {m32:.0} \
+         ({:.2}x); rounds: {rounds_text}",
+        m32 / m1
     );
-    for (name, vm) in [("Skiff", skiff), ("QEMU", qemu)] {
-        vm.wait(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("{name} guest did not end: {e}"))
-            .assert_success();
-    }
+    vm.wait(Duration::from_secs(120))
+        .expect("the guest ends")
+        .assert_success();
     assert!(
-        skiff_qd32 >= 1.5 * skiff_qd1,
-        "QD32 {skiff_qd32:.0} IOPS is not 1.5x QD1 {skiff_qd1:.0}: {rounds_text}"
+        m32 >= 1.5 * m1,
+        "QD32 {m32:.0} IOPS is not 1.5x QD1 {m1:.0}: {rounds_text}"
     );
-    // Against QEMU the figures are printed, not asserted: a speed target is the
-    // benchmark's (`cargo xtask bench blk`, docs/benchmarks.md), on a quiet machine; here
-    // one shared emulated host's load moves single runs by 2-4x.
     let _ = std::fs::remove_file(&image);
 }
 
