@@ -140,6 +140,10 @@ impl Retries {
 /// `SKIFF-E2E-TIMES:` the tests' time in all, and those of 10 s or more, slowest first
 /// (what to look at when the suite outgrows CI's budget).
 fn times_line(times: &[(String, std::time::Duration)]) -> String {
+    if times.is_empty() {
+        // libtest's `--nocapture` splits `test NAME ... ok` around the test's output.
+        return "SKIFF-E2E-TIMES: no test's result stood on one line (--nocapture?)".to_owned();
+    }
     let total: u64 = times.iter().map(|(_, t)| t.as_secs()).sum();
     let mut slow: Vec<&(String, std::time::Duration)> =
         times.iter().filter(|(_, t)| t.as_secs() >= 10).collect();

@@ -68,6 +68,7 @@ fn jail_ids() -> Result<Option<(u32, u32)>, Error> {
 impl TestEnv {
     /// Reads the environment (once per process).
     pub fn try_get() -> Result<&'static TestEnv, Error> {
+        crate::retry::report_panics_at_once();
         ENV.get_or_init(|| {
             let env = TestEnv {
                 skiff_bin: var("SKIFF_BIN")?,

@@ -272,10 +272,20 @@ fn managed_taps() -> Vec<String> {
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("sk") && !n.starts_with("skbr"))
+                .filter(|n| is_managed_tap(n))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The daemon names a managed network's taps `sk<network id>n<address index>`; other
+/// tests' own taps (`skabuse0`, `sktap1`) are not its.
+fn is_managed_tap(name: &str) -> bool {
+    let Some((network, index)) = name.strip_prefix("sk").and_then(|r| r.split_once('n')) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(network) && digits(index)
 }
 
 fn nft_ruleset() -> String {
