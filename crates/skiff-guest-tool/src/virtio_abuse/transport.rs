@@ -18,7 +18,10 @@ const MSIX_FUNCTION_MASK: u16 = 1 << 14;
 const ENTRY: usize = 16;
 const VECTOR_MASKED: u32 = 1;
 /// An MSI address no vCPU answers to (physical destination APIC ID 0xfe): the storm's
-/// interrupts reach KVM's routing and end there, never in the guest's handlers.
+/// interrupts reach KVM's routing and end there, never in the guest's handlers. Only in
+/// physical mode: with the destination-mode bit (2) set, 0xfe is a logical mask that
+/// matches every CPU but the first, which then took the storm's random vectors.
+/// Bit 3 (redirection hint) is what the storm toggles; it means nothing in physical mode.
 const NOWHERE: u32 = 0xfee0_0000 | (0xfe << 12);
 /// How long the storm lasts.
 const STORM: Duration = Duration::from_secs(3);
@@ -119,7 +122,7 @@ pub fn msix_storm(device: &mut Device, kind: Kind) -> Result<Outcome> {
             let at = table + e * ENTRY;
             bar.write::<u32>(at + 12, VECTOR_MASKED)?;
             bar.write::<u32>(at + 8, 0x30 + (i + e) as u32 % 0xc0)?;
-            bar.write::<u32>(at, NOWHERE | ((i as u32 & 3) << 2))?;
+            bar.write::<u32>(at, NOWHERE | ((i as u32 & 1) << 3))?;
             bar.write::<u32>(at + 12, 0)?;
         }
         if i % 16 == 0 {
