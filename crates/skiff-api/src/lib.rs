@@ -6,6 +6,7 @@ pub mod balloon;
 pub mod control;
 pub mod image;
 pub mod memory;
+pub mod model;
 pub mod net;
 pub mod network;
 mod size;

@@ -17,7 +17,8 @@ pub mod jail;
 pub mod log_rotation;
 pub mod memory;
 pub mod metrics;
-pub mod model;
+/// The REST API's answers live in skiff-api, beside the specs they carry.
+pub use skiff_api::model;
 pub mod network_api;
 pub mod networks;
 pub mod orphans;

@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use skiff_api::model::{Event, EventKind, VmInfo, VmState};
 use skiff_host::jail::JailConfig;
-use skiff_host::model::{Event, EventKind, VmInfo, VmState};
 use skiff_host::{api, connections, Client, Endpoint, Host, HostConfig};
 
 struct Daemon {
@@ -444,6 +444,6 @@ async fn metrics_and_host_status() {
     );
     let (status, body) = d.call("GET", "/host", None).await;
     assert_eq!(status, 200);
-    let host: skiff_host::model::HostStatus = serde_json::from_str(&body).expect("status");
+    let host: skiff_api::model::HostStatus = serde_json::from_str(&body).expect("status");
     assert_eq!((host.vms, host.running), (1, 0));
 }

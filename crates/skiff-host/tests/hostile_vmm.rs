@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use skiff_api::balloon::BalloonStats;
 use skiff_api::control::{ControlResponse, RunState, VmStats};
+use skiff_api::model::{VmInfo, VmState};
 use skiff_host::memory::measure::{ProcMeter, ResidentMeter};
 use skiff_host::memory::{MemoryConfig, SAMPLE_PERIOD};
-use skiff_host::model::{VmInfo, VmState};
 use skiff_host::vmm::REQUEST_TIMEOUT;
 use skiff_host::{Host, HostConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use skiff_api::image::{Image, ImportEvent};
+use skiff_api::model::VmInfo;
 use skiff_api::VmSpec;
-use skiff_host::model::VmInfo;
 use skiff_host::{api, connections, Client, Endpoint, Host, HostConfig};
 
 /// An ext4 image with a (pretend) kernel in /boot, in `dir`.

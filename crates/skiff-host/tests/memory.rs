@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use skiff_api::balloon::BalloonStats;
 use skiff_api::control::{ControlRequest, ControlResponse, RunState, VmStats};
+use skiff_api::model::VmState;
 use skiff_host::memory::measure::ResidentMeter;
 use skiff_host::memory::{FreeState, MemoryConfig};
-use skiff_host::model::VmState;
 use skiff_host::{Host, HostConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -176,7 +176,7 @@ async fn a_vm_whose_min_does_not_fit_is_refused_with_the_numbers() {
          (min 1024 MiB + overhead 12 MiB), but only 1024 MiB of the 1024 MiB budget is unreserved"
     );
     let vm = host.inspect("greedy").await.expect("inspect");
-    assert_eq!(vm.state, skiff_host::model::VmState::Stopped);
+    assert_eq!(vm.state, skiff_api::model::VmState::Stopped);
     assert_eq!(vm.pid, None, "no VMM was started");
 }
 

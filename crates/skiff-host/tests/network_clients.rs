@@ -7,10 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use skiff_api::control::{ControlResponse, RunState, VmStats};
+use skiff_api::model::{VmInfo, VmState};
 use skiff_host::connections::{
     self, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_TCP_CONNECTIONS, MAX_UNIX_CONNECTIONS,
 };
-use skiff_host::model::{VmInfo, VmState};
 use skiff_host::{api, Client, Endpoint, Host, HostConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener};

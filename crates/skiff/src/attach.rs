@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use skiff_host::model::VmInfo;
+use skiff_api::model::VmInfo;
 
 use crate::console;
 

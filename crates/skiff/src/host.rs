@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use skiff_api::model::HostStatus;
 use skiff_api::ByteSize;
 use skiff_host::image_dirs::ImageDirs;
 use skiff_host::jail::JailConfig;
 use skiff_host::memory::{MemoryConfig, PolicyConfig};
-use skiff_host::model::HostStatus;
 use skiff_host::server::ServeOptions;
 use skiff_host::HostConfig;
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use skiff_api::image::{StaticAddress, VmFromImage};
+use skiff_api::model::{Event, VmInfo};
 use skiff_api::{ByteSize, VmSpec};
-use skiff_host::model::{Event, VmInfo};
 
 use crate::api_client::{call, call_json, DaemonAddress};
 
@@ -369,7 +369,7 @@ fn table(vms: &[VmInfo]) -> String {
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
     for vm in vms {
-        let mib = |field: fn(&skiff_host::model::VmMemoryStatus) -> u64| {
+        let mib = |field: fn(&skiff_api::model::VmMemoryStatus) -> u64| {
             vm.memory
                 .as_ref()
                 .map_or("-".into(), |m| (field(m) >> 20).to_string())
@@ -402,8 +402,8 @@ mod tests {
             VmSpec::from_json(r#"{"name":"web-1","kernel":"/k","memory":"128M"}"#).expect("spec");
         let vm = |name: &str, pid| VmInfo {
             name: name.into(),
-            state: skiff_host::model::VmState::Running,
-            desired: skiff_host::model::Desired::Running,
+            state: skiff_api::model::VmState::Running,
+            desired: skiff_api::model::Desired::Running,
             spec: spec.clone(),
             pid,
             vmm_pid: pid.map(|p: i32| p + 1),
@@ -411,7 +411,7 @@ mod tests {
             restarts: 0,
             reason: None,
             stats: None,
-            console: skiff_host::model::ConsoleFiles {
+            console: skiff_api::model::ConsoleFiles {
                 input: String::new(),
                 log: String::new(),
             },

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_api::control::{ControlResponse, RunState, VmStats};
-use skiff_host::model::{Event, EventKind, VmInfo, VmState};
+use skiff_api::model::{Event, EventKind, VmInfo, VmState};
 use skiff_host::{Client, Endpoint};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;

@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use skiff_api::model::VmInfo;
 use skiff_cgroups::{Cgroup, CpuStat, Hierarchy};
 use skiff_e2e::{GuestSpec, TestEnv, Vm, Vmm};
-use skiff_host::model::VmInfo;
 
 use crate::daemon::Daemon;
 

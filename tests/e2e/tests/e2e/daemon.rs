@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use skiff_api::model::{Event, EventKind, VmInfo, VmState};
 use skiff_e2e::{GuestSpec, TestEnv, Vmm, INIT_READY};
-use skiff_host::model::{Event, EventKind, VmInfo, VmState};
 use skiff_host::{Client, Endpoint};
 
 /// A guest that shuts down when its ACPI power button is pressed (busybox acpid runs

@@ -24,9 +24,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use skiff_api::model::VmInfo;
 use skiff_cgroups::{Cgroup, Hierarchy};
 use skiff_e2e::{GuestSpec, TestEnv, Vm, Vmm};
-use skiff_host::model::VmInfo;
 
 use super::daemon::{rss_kib, Daemon};
 use super::overcommit::{console, probe_all, stop_quickly, PROBE_TIMEOUT};

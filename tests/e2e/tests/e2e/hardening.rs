@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use skiff_api::model::VmState;
 use skiff_e2e::{GuestSpec, TestEnv, Vmm};
-use skiff_host::model::VmState;
 
 use crate::daemon::Daemon;
 

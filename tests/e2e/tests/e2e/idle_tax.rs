@@ -11,8 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use skiff_api::model::{HostStatus, VmInfo};
 use skiff_e2e::{GuestSpec, TestEnv, Vmm};
-use skiff_host::model::{HostStatus, VmInfo};
 
 use crate::daemon::Daemon;
 use crate::memory::ZramSwap;

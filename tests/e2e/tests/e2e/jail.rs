@@ -161,7 +161,7 @@ fn a_jailed_vmm_sees_only_its_jail_and_holds_no_privilege() {
 /// refused at start with the fix named; `--no-jail` starts VMMs as before.
 #[test]
 fn the_daemon_jails_its_vmms_and_hands_them_their_disks_open() {
-    use skiff_host::model::{VmInfo, VmState};
+    use skiff_api::model::{VmInfo, VmState};
 
     use crate::daemon::Daemon;
     let env = TestEnv::get();
@@ -277,7 +277,7 @@ fn the_daemon_jails_its_vmms_and_hands_them_their_disks_open() {
 #[test]
 #[ignore = "a measurement: cargo xtask e2e jail::bench -- --ignored --nocapture"]
 fn bench_daemon_start_and_stop_jailed_and_unjailed() {
-    use skiff_host::model::{VmInfo, VmState};
+    use skiff_api::model::{VmInfo, VmState};
 
     use crate::daemon::Daemon;
     const ROUNDS: usize = 12;

@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use skiff_api::model::{HostStatus, VmInfo, VmState};
 use skiff_e2e::{GuestSpec, TestEnv, Vmm};
 use skiff_host::memory::FreeState;
-use skiff_host::model::{HostStatus, VmInfo, VmState};
 
 use crate::daemon::Daemon;
 
@@ -180,8 +180,8 @@ fn page_caches_past_the_budget_are_ballooned_back_into_it() {
 /// Where the idle-tax run settled: each VM's target and what the policy counted active.
 #[derive(Debug)]
 struct TaxOutcome {
-    idle: skiff_host::model::VmMemoryStatus,
-    busy: skiff_host::model::VmMemoryStatus,
+    idle: skiff_api::model::VmMemoryStatus,
+    busy: skiff_api::model::VmMemoryStatus,
     after_secs: f64,
 }
 

@@ -8,9 +8,9 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use skiff_api::model::VmInfo;
 use skiff_api::network::NetworkInfo;
 use skiff_e2e::{GuestSpec, TestEnv, Vmm};
-use skiff_host::model::VmInfo;
 
 use crate::daemon::Daemon;
 

@@ -16,9 +16,9 @@
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
+use skiff_api::model::{HostStatus, VmInfo, VmState};
 use skiff_cgroups::{Cgroup, Hierarchy};
 use skiff_e2e::{GuestSpec, TestEnv, Vmm};
-use skiff_host::model::{HostStatus, VmInfo, VmState};
 
 use super::daemon::{rss_kib, Daemon};
 

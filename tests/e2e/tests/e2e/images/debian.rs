@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use skiff_api::model::{Event, EventKind, VmState};
 use skiff_e2e::TestEnv;
-use skiff_host::model::{Event, EventKind, VmState};
 
 use crate::daemon::Daemon;
 

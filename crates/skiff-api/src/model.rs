@@ -1,8 +1,8 @@
-//! The API's bodies: what the daemon says about a VM, its events and the host. Shared by the
-//! server, the CLI and the tests, so a field means the same thing everywhere.
+//! The REST API's answers: what the daemon says about a VM, its events and the host. Shared
+//! by the server, the CLI and the tests, so a field means the same thing everywhere.
 
+use crate::VmSpec;
 use serde::{Deserialize, Serialize};
-use skiff_api::VmSpec;
 
 /// Where a VM is in its life, as the daemon sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +129,7 @@ pub struct VmInfo {
     pub reason: Option<String>,
     /// From the VMM's control socket, while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<skiff_api::control::VmStats>,
+    pub stats: Option<crate::control::VmStats>,
     /// The serial console's files on the daemon's host (`skiff vm console` uses them).
     pub console: ConsoleFiles,
     /// The memory manager's latest figures, while the VM runs.
@@ -137,7 +137,7 @@ pub struct VmInfo {
     pub memory: Option<VmMemoryStatus>,
     /// Its addresses on managed networks (docs/network.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<skiff_api::network::NicAddress>,
+    pub addresses: Vec<crate::network::NicAddress>,
 }
 
 /// A jailed VMM's identity and root.
