@@ -22,6 +22,21 @@ pub fn announce(why: &str) {
 /// The marker before a panic's message on the test process's own stderr.
 pub const PANIC_MARKER: &str = "SKIFF-E2E-PANIC:";
 
+thread_local! {
+    /// Set while a test catches a panic it expects: not a failure to report.
+    static EXPECTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching the panic the test expects of it without reporting it as a failure.
+pub fn catch_expected_panic<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe,
+) -> std::thread::Result<R> {
+    EXPECTED.with(|e| e.set(true));
+    let result = std::panic::catch_unwind(f);
+    EXPECTED.with(|e| e.set(false));
+    result
+}
+
 /// Installs (once) a panic hook that writes `SKIFF-E2E-PANIC: <test>: <message> at <file:line>`
 /// past libtest's capture, then runs the default hook (whose output libtest keeps).
 pub fn report_panics_at_once() {
@@ -29,6 +44,9 @@ pub fn report_panics_at_once() {
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            if EXPECTED.with(std::cell::Cell::get) {
+                return default(info);
+            }
             let thread = std::thread::current();
             let message = info
                 .payload()

@@ -43,7 +43,8 @@ fn failing_guest_command_is_reported() {
     let spec = GuestSpec::new(Vmm::Qemu).cmd("echo about to fail; exit 7");
     let out = spec.run().expect("the guest runs");
     assert_eq!(out.guest_status, Some(7), "{out}");
-    let panic = std::panic::catch_unwind(|| out.assert_success()).expect_err("must panic");
+    let panic =
+        skiff_e2e::retry::catch_expected_panic(|| out.assert_success()).expect_err("must panic");
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
         message.contains("expected guest status 0, got 7"),
