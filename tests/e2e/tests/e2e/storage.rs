@@ -394,6 +394,9 @@ fn qd_run(vm: &mut skiff_e2e::Vm, depth: u32) -> f64 {
 /// guest doing the same, it was also what most often brought the emulated host down
 /// (docs/testing.md).
 #[test]
+#[ignore = "its guest dies (triple fault) or hangs as QD32 starts in the emulated host, in 3 of \
+            the last 4 suite runs; cause open (docs/testing.md, issue 19): \
+            cargo xtask e2e storage::random -- --ignored --nocapture"]
 fn random_reads_at_queue_depth_32_beat_depth_1() {
     let env = TestEnv::get();
     let image = env.scratch("qd.raw");
@@ -456,6 +459,9 @@ fn stats_latency(socket: &Path) -> Result<Duration, String> {
 }
 
 #[test]
+#[ignore = "one of its 16 guests dies (triple fault) or hangs as their random I/O starts, in \
+            each of the last five runs in the emulated host; cause open (docs/testing.md, \
+            issue 19): cargo xtask e2e storage::sixteen -- --ignored --nocapture"]
 fn sixteen_busy_vms_keep_their_control_sockets_answering() {
     const VMS: usize = 16;
     let env = TestEnv::get();
