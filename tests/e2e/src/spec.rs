@@ -211,9 +211,27 @@ impl GuestSpec {
     /// In the emulated host a Skiff guest that died of a triple fault is booted once more,
     /// and the first run's output printed: QEMU's software emulation of AMD-V kills about
     /// one guest in a suite run that way, on a different test each time (docs/testing.md).
-    /// A guest that triple-faults twice fails the test as before.
+    /// A guest that triple-faults twice fails the test as before. A guest whose kernel
+    /// never reached its init before the timeout (in the emulated host only) is booted
+    /// once more the same way.
     pub fn run(&self) -> Result<RunOutput, Error> {
-        let out = self.spawn()?.wait(self.timeout)?;
+        let out = match self.spawn()?.wait(self.timeout) {
+            Ok(out) => out,
+            // A guest whose kernel never reached its init: in the emulated host, an SMP
+            // boot whose IPI the emulator lost (vCPUs halted, one spinning) looks so.
+            Err(Error::Timeout { context, .. })
+                if self.vmm == Vmm::Skiff
+                    && !context.contains(crate::INIT_READY)
+                    && TestEnv::try_get()?.emulated =>
+            {
+                crate::retry::announce(
+                    "the guest's kernel never reached its init in the emulated host; booting it once more",
+                );
+                eprintln!("First run, whose guest never reached its init:\n{context}");
+                return self.spawn()?.wait(self.timeout);
+            }
+            Err(e) => return Err(e),
+        };
         if self.vmm == Vmm::Skiff && out.triple_fault() && TestEnv::try_get()?.emulated {
             crate::retry::announce(
                 "the guest died of a triple fault in the emulated host; booting it once more",
