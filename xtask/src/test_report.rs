@@ -10,6 +10,9 @@ const TRIPLE_FAULT: &str = "guest crashed: triple fault";
 /// What a test prints, past libtest's capture, when it retries a step the emulated host
 /// broke (`skiff_e2e::retry`).
 const RETRY: &str = "SKIFF-E2E-RETRY:";
+/// What a test prints, past libtest's capture, as it panics (`skiff_e2e::retry`): its
+/// name, then the message's first lines, the later ones indented.
+const PANIC: &str = "SKIFF-E2E-PANIC:";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailedTest {
@@ -35,6 +38,9 @@ pub struct TestReport {
     /// Reading a `failures:` list of names (which also catches a FAILED result that
     /// console noise split from its `test NAME ...` line).
     in_list: bool,
+    /// The test whose panic message (`SKIFF-E2E-PANIC: NAME: …`) is being read: known
+    /// before libtest's failure sections, which a crashed host never prints.
+    panicking: Option<String>,
 }
 
 impl Default for TestReport {
@@ -47,6 +53,7 @@ impl Default for TestReport {
             retries: Vec::new(),
             section: None,
             in_list: false,
+            panicking: None,
         }
     }
 }
@@ -58,6 +65,23 @@ impl TestReport {
             self.times
                 .push((name.to_owned(), now.duration_since(self.last_result)));
             self.last_result = now;
+        }
+        if let Some(rest) = line.split_once(PANIC).map(|(_, rest)| rest.trim_start()) {
+            // Anywhere in a line: libtest's `test NAME ... ` stands before it.
+            if let Some((name, message)) = rest.split_once(": ") {
+                self.panicking = Some(name.to_owned());
+                let triple_fault = message.contains(TRIPLE_FAULT);
+                self.failed_test(name).triple_fault |= triple_fault;
+            }
+            return;
+        }
+        if self.panicking.is_some() && !line.starts_with("    ") {
+            self.panicking = None;
+        }
+        if let Some(name) = self.panicking.clone() {
+            if line.contains(TRIPLE_FAULT) {
+                self.failed_test(&name).triple_fault = true;
+            }
         }
         if let Some(retry) = line.split_once(RETRY).map(|(_, rest)| rest.trim()) {
             // Anywhere in a line: console noise may stand before it.
@@ -153,6 +177,32 @@ mod tests {
             report.feed(line);
         }
         report.failed().to_vec()
+    }
+
+    #[test]
+    fn a_panic_line_names_a_triple_fault_before_the_failure_sections() {
+        let failed = report(
+            "test a ... SKIFF-E2E-PANIC: a: VM 9's socket: gone\n\
+             \x20   ----- VMM stderr -----\n\
+             \x20   skiff: guest crashed: triple fault on vCPU 0\n\
+             FAILED\n\
+             test b ... SKIFF-E2E-PANIC: b: assertion failed at x.rs:1\n\
+             FAILED\n\
+             [ 1045.5] BUG: TASK stack guard page was hit",
+        );
+        assert_eq!(
+            failed,
+            [
+                FailedTest {
+                    name: "a".into(),
+                    triple_fault: true
+                },
+                FailedTest {
+                    name: "b".into(),
+                    triple_fault: false
+                },
+            ]
+        );
     }
 
     #[test]
